@@ -1,0 +1,33 @@
+# Quick start: `make run` and `make test` each create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test bench lint clean
+
+venv: $(STAMP)
+
+# Reinstall only when the project metadata changes; the install is editable, so code
+# changes need no reinstall.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/osqueue sim --seed 1 --out .osqueue-run
+
+# pytest exits 5 when it collected no tests; make treats that as a failure, as it should.
+test: venv
+	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
+
+lint: venv
+	$(BIN)/ruff check impl spec sim tests benchmarks
+
+clean:
+	rm -rf $(VENV) .osqueue-run .pytest_cache

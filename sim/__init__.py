@@ -1,0 +1,1 @@
+"""Deterministic simulation of osqueue in virtual time (trio)."""
