@@ -1,0 +1,1 @@
+"""pytest plugin for the osqueue conformance suite (filled in below as it lands)."""
