@@ -64,6 +64,9 @@ class CASConflictError(OsqueueError):
             message = f"{message} ({detail})"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.reason, self.detail))
+
     @property
     def retry_same_request(self) -> bool:
         """True when the same request may be sent again without reading first (409)."""
@@ -93,6 +96,20 @@ class StorageBackendError(OsqueueError):
         self.status = status
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments need a helper so the error survives pickling between
+        # processes (sweeps run seeds in worker processes).
+        return (
+            _rebuild_storage_error,
+            (type(self), str(self), self.key, self.retryable, self.status),
+        )
+
+
+def _rebuild_storage_error(
+    cls: type[StorageBackendError], message: str, key: str | None, retryable: bool, status: int | None
+) -> StorageBackendError:
+    return cls(message, key=key, retryable=retryable, status=status)
+
 
 class IndeterminateWriteError(OsqueueError):
     """A write was sent but its outcome is unknown: it may or may not have been applied.
@@ -109,6 +126,9 @@ class IndeterminateWriteError(OsqueueError):
         self.detail = detail
         super().__init__(f"outcome of the write to {key!r} is unknown: {detail}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.detail))
+
 
 class ConfigError(OsqueueError, ValueError):
     """A configuration value is missing or invalid. The message names it and a valid example."""
@@ -120,6 +140,9 @@ class ConfigError(OsqueueError, ValueError):
         self.problem = problem
         self.example = example
         super().__init__(f"{name}: {problem}; for example {name}={example}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.problem, self.example))
 
 
 class InvalidKeyError(OsqueueError, ValueError):

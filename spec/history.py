@@ -56,8 +56,9 @@ class Outcome(enum.Enum):
     CONFLICT = "conflict"
     """A conditional write or create was rejected: certainly not applied."""
     FAILED = "failed"
-    """The request failed before it could take effect (for example a 503 on a read, or a
-    request rejected before it was sent): certainly not applied."""
+    """The request certainly did not take effect: a 503 on a read, a request rejected before
+    it was sent, or S3's 409 ConditionalRequestConflict. A 409 is recorded here and not as
+    ``CONFLICT``, because it says nothing about the key's version."""
     INDETERMINATE = "indeterminate"
     """The client never learned the outcome."""
 
@@ -285,6 +286,9 @@ def _check_successful_write(
             continue
         if not replacer.completed_before(write):
             continue
+        if policy is TokenPolicy.CONTENT_HASH and replacer.token == write.expected:
+            # The replacer stored the same bytes again, so the key still holds the token.
+            continue
         if policy is TokenPolicy.CONTENT_HASH and _token_restored(
             write.expected, replacer, write, observed
         ):
@@ -306,7 +310,7 @@ def _token_restored(
 ) -> bool:
     """True when some write may have stored ``token`` again between ``replacer`` and ``write``."""
 
-    for op in observed.get(token, ()) + observed.get(None, ()):
+    for op in [*observed.get(token, ()), *observed.get(None, ())]:
         if op.may_have_written and op is not replacer and not write.completed_before(op):
             if not op.completed_before(replacer):
                 return True
