@@ -50,6 +50,9 @@ EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
 
 _CONTENT_TYPE = "application/octet-stream"
 
+_MAX_SNAPSHOT_ATTEMPTS = 5
+"""Attempts of the three-request read used when downloads lack a generation header."""
+
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 """Statuses after which a read is retried (the set google-cloud-storage retries)."""
 
@@ -202,6 +205,7 @@ class GCSBackend:
         self._timeout = timeout
         self._read_retry_deadline = read_retry_deadline
         self._owns_client = client is None
+        self._warned_missing_generation = False
         # NOTE: all worker threads share this client and its requests session. requests
         # does not document Session as thread-safe, and the tests only run 8 concurrent writes.
         self._client = client if client is not None else _make_client(project, endpoint_url)
@@ -298,12 +302,66 @@ class GCSBackend:
 
         generation = blob.generation
         if generation is None:
+            return self._read_without_generation_header(key, name)
+        return ReadResult(data, StorageVersion(self.name, generation))
+
+    def _read_without_generation_header(self, key: str, name: str) -> ReadResult | None:
+        """Read bytes and generation from a server whose downloads lack ``x-goog-generation``.
+
+        GCS always sends the header; some emulators do not. The fallback reads the metadata,
+        downloads that generation, and reads the metadata again. Because generations are
+        unique per write, equal generations before and after prove the bytes belong to that
+        generation; otherwise a writer came between and the read starts over.
+        """
+
+        if not self._warned_missing_generation:
+            self._warned_missing_generation = True
+            logger.warning(
+                "server at %s sends no x-goog-generation header on downloads; reads of "
+                "bucket %s take three requests each",
+                self._client._connection.API_BASE_URL,
+                self.bucket_name,
+            )
+
+        for attempt in range(1, _MAX_SNAPSHOT_ATTEMPTS + 1):
+            before = self._metadata_generation(key, name)
+            if before is None:
+                return None
+            blob = self._bucket.blob(name, generation=before)
+            try:
+                data = blob.download_as_bytes(
+                    raw_download=True, timeout=self._timeout, retry=self._read_retry(key)
+                )
+            except api_exceptions.NotFound:
+                data = None
+            except Exception as error:  # noqa: BLE001 - mapped and re-raised below
+                self._raise_read_error(key, error)
+            if data is not None and self._metadata_generation(key, name) == before:
+                return ReadResult(data, StorageVersion(self.name, before))
+            logger.info("read of %r raced with a write (attempt %d); reading again", key, attempt)
+
+        raise StorageBackendError(
+            f"read of {key!r} could not get bytes and generation of one version in "
+            f"{_MAX_SNAPSHOT_ATTEMPTS} attempts because writers kept replacing it; retry later",
+            key=key,
+            retryable=True,
+        )
+
+    def _metadata_generation(self, key: str, name: str) -> int | None:
+        blob = self._bucket.blob(name)
+        try:
+            blob.reload(timeout=self._timeout, retry=self._read_retry(key))
+        except api_exceptions.NotFound:
+            return None
+        except Exception as error:  # noqa: BLE001 - mapped and re-raised below
+            self._raise_read_error(key, error)
+        if blob.generation is None:
             raise StorageBackendError(
-                f"read of {key!r} returned no x-goog-generation header, so the bytes have no "
-                "version token; use a GCS server that sends it",
+                f"metadata of {key!r} has no generation, so it has no version token; use a "
+                "server that implements GCS object generations",
                 key=key,
             )
-        return ReadResult(data, StorageVersion(self.name, generation))
+        return int(blob.generation)
 
     def _write_sync(self, key: str, name: str, data: bytes, generation: int) -> StorageVersion:
         operation = "create" if generation == 0 else "write"
