@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
-
 from osqueue.errors import (
     CASConflictError,
     ConflictReason,
