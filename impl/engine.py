@@ -1,0 +1,787 @@
+"""The group-commit engine: the one writer of ``queue.json`` while its broker leads.
+
+Callers ``submit`` mutations. A single writer task takes everything pending as one batch,
+applies it to the last known state, and writes the result with a compare-and-swap.
+Mutations submitted while a write is in flight wait and join the next batch, so there is
+never more than one write in flight.
+
+Exactly-once commit protocol
+----------------------------
+Every batch gets a commit id, written into ``recent_commits`` of the state it produces,
+and keeps it across all its write attempts. An attempt is the encoded state built on one
+base state (sequence ``s``) and sent with that base's version token. Outcomes:
+
+- success: the batch landed once; every caller gets its result.
+- ``CASConflictError`` (412, 404, or 409 ``CONCURRENT_REQUEST``): not applied. After a
+  stale-version conflict the engine reads again; after a 409 it keeps its state. It backs
+  off with exponential delay and jitter and applies the batch to the current state.
+- retryable ``StorageBackendError`` (429, 503): not applied; back off and retry. New
+  mutations keep collecting for the next batch meanwhile.
+- ``IndeterminateWriteError``: the attempt may have landed. The engine reads back:
+
+  * the commit id is in ``recent_commits``: the batch landed exactly once, and the callers
+    get the results of the attempt whose sequence the record carries;
+  * the state is still at sequence ``s``: the attempt has not landed; the engine sends the
+    *same bytes* with the same version token again, so at most one of the two can land;
+  * the state moved past ``s`` and the record of sequence ``s + 1`` names another commit:
+    only one write can replace version ``s``, so ours never landed and never will; the
+    engine applies the batch to the new state;
+  * otherwise (the record of ``s + 1`` was pruned, or the read fails) the outcome cannot be
+    settled and the callers get ``CommitIndeterminateError``, never a success.
+
+A changed version or an existing object is never taken as proof that a batch landed. A
+mutation is applied to a state only after every earlier attempt of its batch has been
+proven absent, so it is never applied twice, and a caller gets a result only after the
+write that contains it returned success or was found by its commit id.
+
+Every batch settles: each caller gets its result, a rejection (``spec.queue.Rejected``,
+for example a stale claim token) or an error. Errors during one batch reach only that
+batch's callers.
+
+Fencing
+-------
+The engine writes only on top of states whose broker record names its own address and
+epoch. On reading anything else it steps down: the batch and every pending mutation get
+``NotLeaderError`` and the engine accepts nothing more. See ``osqueue.election``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+from osqueue.election import (
+    LeaseHeldError,
+    NotLeaderError,
+    acquire,
+    holds_lease,
+)
+from osqueue.errors import (
+    CASConflictError,
+    ConfigError,
+    IndeterminateWriteError,
+    OsqueueError,
+    StorageBackendError,
+)
+from osqueue.mutations import DEFAULT_RECENT_COMMITS, apply_batch
+from osqueue.spec import queue as spec
+from osqueue.state import (
+    DEFAULT_KEY,
+    BrokerRecord,
+    QueueState,
+    decode_state,
+    encode_payload,
+    encode_state,
+)
+from osqueue.storage.base import StorageBackend, StorageVersion
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------
+
+
+class EngineStoppedError(OsqueueError):
+    """The engine stopped before the mutation was written. It was not applied."""
+
+    tag = "EngineStoppedError"
+
+
+class CommitIndeterminateError(OsqueueError):
+    """The batch holding the mutation may or may not have been committed.
+
+    Read the queue (or retry with an idempotent mutation, such as an enqueue with an
+    explicit job id) to find out.
+    """
+
+    tag = "CommitIndeterminateError"
+
+
+class CommitFailedError(OsqueueError):
+    """The batch was certainly not applied. ``__cause__`` is the last storage error."""
+
+    tag = "CommitFailedError"
+
+
+class StateTooLargeError(OsqueueError):
+    """The encoded state would exceed ``max_state_bytes`` even without the batch's enqueues."""
+
+    tag = "StateTooLargeError"
+
+
+class StateMissingError(OsqueueError):
+    """``queue.json`` disappeared while the engine was running."""
+
+    tag = "StateMissingError"
+
+
+class EngineOverloadedError(OsqueueError):
+    """More than ``max_pending`` mutations are waiting; the mutation was not accepted."""
+
+    tag = "EngineOverloadedError"
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration and statistics
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Limits and timings of one engine. Times are seconds.
+
+    ``heartbeat_timeout``: a claimed job whose worker has not sent a heartbeat for longer is
+    returned (or dead-lettered). ``lease_seconds``: how long other brokers wait after our
+    last commit before they may take over. ``renew_interval``: idle time after which the
+    engine commits an empty batch to renew the lease (default a third of the lease).
+    ``renew_deadline``: the engine steps down when its last successful commit is older
+    (default two thirds of the lease). ``max_batch_size`` counts jobs of an enqueue
+    individually. ``max_retries`` bounds the write attempts of one batch.
+    """
+
+    key: str = DEFAULT_KEY
+    heartbeat_timeout: float = 60.0
+    lease_seconds: float = 15.0
+    renew_interval: float | None = None
+    renew_deadline: float | None = None
+    max_batch_size: int = 1000
+    max_pending: int = 100_000
+    max_state_bytes: int = 64 * 1024 * 1024
+    max_retries: int = 12
+    backoff_base: float = 0.005
+    backoff_max: float = 2.0
+    max_recent_commits: int = DEFAULT_RECENT_COMMITS
+    stop_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_timeout", "lease_seconds", "backoff_base", "backoff_max",
+                     "stop_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ConfigError(name, f"must be a positive number of seconds, got {value!r}",
+                                  "10")
+        for name in ("max_batch_size", "max_pending", "max_state_bytes", "max_retries",
+                     "max_recent_commits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"must be an int >= 1, got {value!r}", "100")
+        if self.renew_deadline_seconds >= self.lease_seconds:
+            raise ConfigError(
+                "renew_deadline",
+                f"{self.renew_deadline_seconds} must be shorter than lease_seconds "
+                f"{self.lease_seconds}, or another broker may take over while this one writes",
+                str(self.lease_seconds * 2 / 3),
+            )
+        if self.renew_interval_seconds >= self.renew_deadline_seconds:
+            raise ConfigError(
+                "renew_interval",
+                f"{self.renew_interval_seconds} must be shorter than the renew deadline "
+                f"{self.renew_deadline_seconds}",
+                str(self.lease_seconds / 3),
+            )
+
+    @property
+    def renew_interval_seconds(self) -> float:
+        return self.renew_interval if self.renew_interval is not None else self.lease_seconds / 3
+
+    @property
+    def renew_deadline_seconds(self) -> float:
+        if self.renew_deadline is not None:
+            return self.renew_deadline
+        return self.lease_seconds * 2 / 3
+
+
+@dataclass
+class EngineStats:
+    """Counters of one engine. Latencies are seconds on the event loop's clock."""
+
+    commits: int = 0
+    write_attempts: int = 0
+    conflicts: int = 0
+    concurrent_requests: int = 0
+    indeterminate: int = 0
+    rate_limited: int = 0
+    reads: int = 0
+    mutations: int = 0
+    failed_batches: int = 0
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
+    commit_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def summary(self) -> dict[str, Any]:
+        """Return the counters with mean and max of the recent batch sizes and latencies."""
+
+        sizes = list(self.batch_sizes)
+        latencies = sorted(self.commit_latencies)
+        return {
+            "commits": self.commits,
+            "write_attempts": self.write_attempts,
+            "conflicts": self.conflicts,
+            "concurrent_requests": self.concurrent_requests,
+            "indeterminate": self.indeterminate,
+            "rate_limited": self.rate_limited,
+            "reads": self.reads,
+            "mutations": self.mutations,
+            "failed_batches": self.failed_batches,
+            "batch_size_mean": sum(sizes) / len(sizes) if sizes else 0.0,
+            "batch_size_max": max(sizes, default=0),
+            "commit_latency_p50": latencies[len(latencies) // 2] if latencies else 0.0,
+            "commit_latency_max": latencies[-1] if latencies else 0.0,
+        }
+
+
+# ----------------------------------------------------------------------------------------
+# Pending mutations and write attempts
+# ----------------------------------------------------------------------------------------
+
+
+class _Pending:
+    """One submitted mutation and the slot its caller waits on."""
+
+    __slots__ = ("done", "error", "mutation", "result", "weight")
+
+    def __init__(self, mutation: spec.Mutation, weight: int) -> None:
+        self.mutation = mutation
+        self.weight = weight
+        self.done = anyio.Event()
+        self.result: spec.Result | None = None
+        self.error: BaseException | None = None
+
+    def succeed(self, result: spec.Result) -> None:
+        if not self.done.is_set():
+            self.result = result
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """The bytes written on top of base ``sequence`` with token ``expected``."""
+
+    sequence: int
+    expected: StorageVersion
+    state: QueueState
+    data: bytes
+    results: list[spec.Result]
+
+
+class _BatchAbort(Exception):
+    """Ends the commit of one batch; ``error`` goes to every caller of that batch."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Fatal(Exception):
+    """Stops the engine; ``error`` goes to every caller that has no result yet."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# ----------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------
+
+
+class GroupCommitEngine:
+    """The group-commit writer of one queue. Use it as an async context manager.
+
+    Entering acquires the broker lease (``osqueue.election.acquire``; ``wait_for_lease``
+    chooses between waiting and ``LeaseHeldError``) and starts the writer task; leaving
+    stops it. ``clock`` returns seconds (wall time by default; every broker of a queue must
+    use comparable clocks). ``rng`` drives commit ids and backoff jitter; pass a seeded
+    ``random.Random`` for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        storage: StorageBackend,
+        *,
+        address: str,
+        config: EngineConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        wait_for_lease: bool = False,
+    ) -> None:
+        if not isinstance(address, str) or not address:
+            raise ConfigError("address", f"must be a non-empty string, got {address!r}",
+                              "broker-1.internal:8080")
+        if rng is None:
+            seed = secrets.randbits(64)
+            logger.info("engine %r uses random seed %d", address, seed)
+            rng = random.Random(seed)
+        self.storage = storage
+        self.address = address
+        self.config = config or EngineConfig()
+        self.stats = EngineStats()
+        self._clock = clock
+        self._rng = rng
+        self._wait_for_lease = wait_for_lease
+        self._instance = f"{rng.getrandbits(64):016x}"
+        self._commit_number = 0
+
+        self._epoch: int | None = None
+        self._current: tuple[QueueState, StorageVersion] | None = None
+        self._renewed_at = -math.inf
+        self._last_commit_loop_time = 0.0
+
+        self._pending: deque[_Pending] = deque()
+        self._wake = anyio.Event()
+        self._stopping = False
+        self._closed: BaseException | None = None
+        self._writer_done = anyio.Event()
+        self._writer_scope: anyio.CancelScope | None = None
+        self._in_doubt = False
+        """True while a write of the current batch may have landed unseen."""
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # Life cycle -------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch this engine leads, or None before it acquired the lease."""
+
+        return self._epoch
+
+    @property
+    def is_leader(self) -> bool:
+        return self._epoch is not None and self._closed is None
+
+    @property
+    def state(self) -> QueueState | None:
+        """The last state this engine wrote or read (None while unknown)."""
+
+        return None if self._current is None else self._current[0]
+
+    async def __aenter__(self) -> Self:
+        leadership = await acquire(
+            self.storage,
+            key=self.config.key,
+            address=self.address,
+            clock=self._clock,
+            lease_seconds=self.config.lease_seconds,
+            commit_id=self._next_commit_id(),
+            max_recent_commits=self.config.max_recent_commits,
+            wait=self._wait_for_lease,
+        )
+        self._epoch = leadership.epoch
+        self._current = (leadership.state, leadership.version)
+        self._renewed_at = leadership.state.broker.heartbeat_at
+        self._last_commit_loop_time = anyio.current_time()
+
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._run_writer)
+        logger.info("engine %r started in epoch %d", self.address, self._epoch)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task_group is not None
+        try:
+            await self.stop()
+        finally:
+            # The task group must be exited even when stop() was cancelled, or the cancel
+            # scopes of the caller would be left out of order.
+            if not self._writer_done.is_set():
+                self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+
+    async def stop(self) -> None:
+        """Stop accepting mutations, finish the batch in flight, and reject the rest.
+
+        Pending mutations get ``EngineStoppedError``. A batch still in flight after
+        ``stop_timeout`` is cancelled; its callers get ``CommitIndeterminateError`` if one
+        of its writes may have landed, otherwise ``EngineStoppedError``.
+        """
+
+        if not self._stopping:
+            logger.info("engine %r stopping", self.address)
+        self._stopping = True
+        self._wake.set()
+        with anyio.move_on_after(self.config.stop_timeout):
+            await self._writer_done.wait()
+        if not self._writer_done.is_set() and self._writer_scope is not None:
+            logger.warning("engine %r: batch still in flight at stop; cancelling", self.address)
+            self._writer_scope.cancel()
+            await self._writer_done.wait()
+
+    # Submitting -------------------------------------------------------------------------
+
+    async def submit(self, mutation: spec.Mutation) -> spec.Result:
+        """Commit ``mutation`` and return its result once the commit has landed.
+
+        Returns a ``spec.queue`` result; a mutation that the queue rejects (unknown job,
+        stale claim token, duplicate id, state too large) returns ``Rejected``. Raises
+        ``TypeError`` or ``ValueError`` for a mutation that cannot be committed at all, ``NotLeaderError``,
+        ``EngineStoppedError``, ``CommitFailedError`` (not applied) or
+        ``CommitIndeterminateError`` (outcome unknown).
+
+        NOTE: cancelling the caller does not withdraw the mutation; it may still be
+        committed.
+        """
+
+        pending = self._prepare(mutation)
+        self._pending.append(pending)
+        self._wake.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def enqueue(self, job_type: str, payload: Any = None, **options: Any) -> spec.Result:
+        """Enqueue one job; ``options`` are ``max_attempts`` and ``id`` of ``NewJob``."""
+
+        return await self.submit(spec.Enqueue.one(job_type, payload, **options))
+
+    def _prepare(self, mutation: spec.Mutation) -> _Pending:
+        if self._closed is not None:
+            raise self._closed
+        if self._stopping or self._epoch is None:
+            raise EngineStoppedError(
+                f"engine {self.address!r} is not running; start it with 'async with engine'")
+        if not isinstance(mutation, spec.MUTATION_TYPES):
+            raise TypeError(
+                f"not a queue mutation: {mutation!r}; use Enqueue, Claim, Heartbeat, Complete "
+                "or Fail from osqueue.spec.queue"
+            )
+        if len(self._pending) >= self.config.max_pending:
+            raise EngineOverloadedError(
+                f"{len(self._pending)} mutations are waiting, the maximum is "
+                f"{self.config.max_pending}; retry later or raise max_pending"
+            )
+
+        weight = 1
+        if isinstance(mutation, spec.Enqueue):
+            weight = len(mutation.jobs)
+            if weight > self.config.max_batch_size:
+                raise ValueError(
+                    f"an enqueue of {weight} jobs exceeds max_batch_size "
+                    f"{self.config.max_batch_size}; split it into smaller enqueues"
+                )
+            # Encode payloads once here, so a bad payload fails its caller alone.
+            jobs = tuple(
+                spec.NewJob(job.type, encode_payload(job.payload), job.max_attempts, job.id)
+                for job in mutation.jobs
+            )
+            mutation = spec.Enqueue(jobs)
+        return _Pending(mutation, weight)
+
+    # Writer -----------------------------------------------------------------------------
+
+    async def _run_writer(self) -> None:
+        batch: list[_Pending] = []
+        terminal: BaseException = EngineStoppedError(
+            f"engine {self.address!r} stopped before the mutation was written; it was not "
+            "applied")
+        try:
+            with anyio.CancelScope() as scope:
+                self._writer_scope = scope
+                while not self._stopping:
+                    await self._wait_for_work()
+                    if self._stopping:
+                        break
+                    batch = self._take_batch()
+                    self._in_doubt = False
+                    await self._commit(batch)
+                    batch = []
+        except _Fatal as fatal:
+            terminal = fatal.error
+            logger.error("engine %r stopped: %s", self.address, fatal.error)
+        except Exception as error:
+            # A bug, not a storage outcome: stop, and hand the error to every caller.
+            terminal = error
+            logger.exception("engine %r writer failed", self.address)
+        finally:
+            self._closed = self._closed or terminal
+            in_flight_error: BaseException = terminal
+            if self._in_doubt:
+                in_flight_error = CommitIndeterminateError(
+                    f"engine {self.address!r} stopped ({terminal}) while a write of this "
+                    "batch may have landed; its outcome is unknown")
+            for pending in batch:
+                pending.fail(in_flight_error)
+            while self._pending:
+                self._pending.popleft().fail(terminal)
+            self._writer_done.set()
+            logger.info("engine %r writer exited", self.address)
+
+    async def _wait_for_work(self) -> None:
+        while not self._pending and not self._stopping:
+            due = self._last_commit_loop_time + self.config.renew_interval_seconds
+            delay = due - anyio.current_time()
+            if delay <= 0:
+                return
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        weight = 0
+        while self._pending:
+            following = self._pending[0]
+            if batch and weight + following.weight > self.config.max_batch_size:
+                break
+            batch.append(self._pending.popleft())
+            weight += following.weight
+        return batch
+
+    def _next_commit_id(self) -> str:
+        self._commit_number += 1
+        return f"{self._instance}-{self._commit_number}"
+
+    # One batch --------------------------------------------------------------------------
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """Commit ``batch`` and settle every caller in it (see the module docstring)."""
+
+        commit_id = self._next_commit_id()
+        started = anyio.current_time()
+        try:
+            attempt = await self._commit_attempts(batch, commit_id)
+        except _BatchAbort as abort:
+            self.stats.failed_batches += 1
+            logger.warning("engine %r: batch %s failed: %s", self.address, commit_id, abort.error)
+            for pending in batch:
+                pending.fail(abort.error)
+            if not batch:
+                # A failed lease renewal is retried after a pause, not in a tight loop; the
+                # renew deadline ends the retries.
+                pause = min(self.config.backoff_max, self.config.renew_interval_seconds / 4)
+                self._last_commit_loop_time = (
+                    anyio.current_time() - self.config.renew_interval_seconds + pause)
+            return
+
+        self.stats.commits += 1
+        self.stats.mutations += len(batch)
+        self.stats.batch_sizes.append(len(batch))
+        self.stats.commit_latencies.append(anyio.current_time() - started)
+        self._renewed_at = attempt.state.broker.heartbeat_at
+        self._last_commit_loop_time = anyio.current_time()
+        for pending, result in zip(batch, attempt.results, strict=True):
+            pending.succeed(result)
+
+    async def _commit_attempts(self, batch: list[_Pending], commit_id: str) -> _Attempt:
+        mutations = [pending.mutation for pending in batch]
+        attempts: dict[int, _Attempt] = {}
+        uncertain: set[int] = set()
+        last_error: BaseException | None = None
+
+        for retry in range(self.config.max_retries + 1):
+            if retry:
+                await self._backoff(retry, commit_id, last_error)
+            self._check_deadline()
+            state, version = await self._known_state(commit_id, uncertain)
+
+            landed = state.find_commit(commit_id) if uncertain else None
+            if landed is not None:
+                logger.info("engine %r: batch %s found committed at sequence %d",
+                            self.address, commit_id, landed.sequence)
+                return attempts[landed.sequence - 1]
+
+            resend = self._check_uncertain(state, version, commit_id, uncertain, attempts)
+            self._in_doubt = bool(uncertain)
+            self._check_fence(state, uncertain)
+            attempt = resend or self._build_attempt(state, version, mutations, commit_id)
+            attempts[attempt.sequence] = attempt
+
+            try:
+                self.stats.write_attempts += 1
+                self._in_doubt = True
+                new_version = await self.storage.write(
+                    self.config.key, attempt.data, attempt.expected)
+            except CASConflictError as error:
+                self._in_doubt = bool(uncertain)
+                last_error = error
+                self.stats.conflicts += 1
+                if error.retry_same_request:
+                    self.stats.concurrent_requests += 1
+                else:
+                    self._current = None
+                continue
+            except IndeterminateWriteError as error:
+                last_error = error
+                self.stats.indeterminate += 1
+                uncertain.add(attempt.sequence)
+                self._current = None
+                continue
+            except StorageBackendError as error:
+                self._in_doubt = bool(uncertain)
+                last_error = error
+                if not error.retryable:
+                    raise _BatchAbort(self._not_applied(error, uncertain)) from error
+                self.stats.rate_limited += 1
+                continue
+
+            self._current = (attempt.state, new_version)
+            return attempt
+
+        raise _BatchAbort(self._not_applied(
+            CommitFailedError(
+                f"batch {commit_id} was not committed after {self.config.max_retries + 1} "
+                f"write attempts; last error: {last_error}"),
+            uncertain,
+        ))
+
+    async def _known_state(
+        self, commit_id: str, uncertain: set[int]
+    ) -> tuple[QueueState, StorageVersion]:
+        if self._current is not None:
+            return self._current
+        try:
+            self.stats.reads += 1
+            read = await self.storage.read(self.config.key)
+        except StorageBackendError as error:
+            raise _BatchAbort(self._not_applied(error, uncertain)) from error
+        if read is None:
+            raise _Fatal(StateMissingError(
+                f"{self.config.key!r} no longer exists; the engine will not recreate it"))
+        try:
+            state = decode_state(read.data)
+        except OsqueueError as error:
+            raise _Fatal(error) from error
+        self._current = (state, read.version)
+        return self._current
+
+    def _check_uncertain(
+        self,
+        state: QueueState,
+        version: StorageVersion,
+        commit_id: str,
+        uncertain: set[int],
+        attempts: dict[int, _Attempt],
+    ) -> _Attempt | None:
+        """Prove uncertain attempts absent from ``state``; return the one to resend, if any.
+
+        An attempt on base ``s`` is absent for good when another commit took sequence
+        ``s + 1``, so it leaves ``uncertain``. An attempt on the current base and version
+        may still land and is sent again. Raises ``_BatchAbort`` with
+        ``CommitIndeterminateError`` when an attempt is neither found nor proven absent.
+        """
+
+        resend = None
+        for base in sorted(uncertain):
+            if state.sequence == base and version == attempts[base].expected:
+                resend = attempts[base]
+                continue
+            successor = state.commit_at(base + 1) if state.sequence > base else None
+            if successor is None or successor.commit_id == commit_id:
+                raise _BatchAbort(CommitIndeterminateError(
+                    f"batch {commit_id}: a write on sequence {base} had an unknown outcome "
+                    f"and the state (sequence {state.sequence}) no longer records which "
+                    "commit followed it"))
+            uncertain.discard(base)
+        return resend
+
+    def _check_fence(self, state: QueueState, uncertain: set[int]) -> None:
+        if not holds_lease(state, self.address, self._epoch):
+            error = NotLeaderError(
+                f"broker {self.address!r} of epoch {self._epoch} was replaced by "
+                f"{state.broker.address!r} in epoch {state.broker.epoch}; the mutation was "
+                "not applied, submit it to the current leader")
+            raise _Fatal(error)
+        self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        elapsed = self._clock() - self._renewed_at
+        if elapsed > self.config.renew_deadline_seconds:
+            raise _Fatal(NotLeaderError(
+                f"broker {self.address!r} of epoch {self._epoch} last renewed its lease "
+                f"{elapsed:.3f} s ago, past its renew deadline of "
+                f"{self.config.renew_deadline_seconds} s; it stepped down and did not apply "
+                "the mutation"))
+
+    def _build_attempt(
+        self,
+        state: QueueState,
+        version: StorageVersion,
+        mutations: list[spec.Mutation],
+        commit_id: str,
+    ) -> _Attempt:
+        now = self._clock()
+        broker = BrokerRecord(
+            address=self.address, epoch=self._epoch, heartbeat_at=now,
+            lease_seconds=self.config.lease_seconds,
+        )
+
+        def build(rejected: dict[int, spec.Rejected] | None) -> _Attempt:
+            outcome = apply_batch(
+                state, mutations, now=now, commit_id=commit_id,
+                heartbeat_timeout=self.config.heartbeat_timeout, broker=broker,
+                max_recent_commits=self.config.max_recent_commits, rejected=rejected,
+            )
+            data = encode_state(outcome.state)
+            return _Attempt(state.sequence, version, outcome.state, data, outcome.results)
+
+        attempt = build(None)
+        if len(attempt.data) <= self.config.max_state_bytes:
+            return attempt
+
+        # Enqueues are what grows the state: reject them and commit the rest.
+        size = len(attempt.data)
+        limit = self.config.max_state_bytes
+        rejection = spec.Rejected(
+            spec.RejectReason.STATE_TOO_LARGE,
+            f"the state would be {size} bytes with this batch, more than max_state_bytes "
+            f"{limit}; complete or remove jobs, or raise the limit",
+        )
+        rejected = {
+            index: rejection for index, mutation in enumerate(mutations)
+            if isinstance(mutation, spec.Enqueue)
+        }
+        attempt = build(rejected)
+        if len(attempt.data) > limit:
+            raise _BatchAbort(StateTooLargeError(
+                f"the state is {len(attempt.data)} bytes even without enqueues, more than "
+                f"max_state_bytes {limit}; raise the limit"))
+        return attempt
+
+    def _not_applied(self, error: BaseException, uncertain: set[int]) -> BaseException:
+        """Return ``error`` for callers, or an indeterminate error if a write may have landed."""
+
+        if not uncertain:
+            return error
+        indeterminate = CommitIndeterminateError(
+            f"the batch had a write with an unknown outcome and then failed: {error}")
+        indeterminate.__cause__ = error
+        return indeterminate
+
+    async def _backoff(self, retry: int, commit_id: str, error: BaseException | None) -> None:
+        cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (retry - 1))
+        delay = cap / 2 + self._rng.uniform(0, cap / 2)
+        logger.info("engine %r: retry %d of batch %s in %.4f s after %s",
+                    self.address, retry, commit_id, delay, error)
+        await anyio.sleep(delay)
+
+
+__all__ = [
+    "CommitFailedError",
+    "CommitIndeterminateError",
+    "EngineConfig",
+    "EngineOverloadedError",
+    "EngineStats",
+    "EngineStoppedError",
+    "GroupCommitEngine",
+    "LeaseHeldError",
+    "NotLeaderError",
+    "StateMissingError",
+    "StateTooLargeError",
+]

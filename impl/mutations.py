@@ -1,0 +1,365 @@
+"""Applying a batch of queue mutations to a ``QueueState``.
+
+``apply_batch`` has the semantics of ``osqueue.spec.queue`` (expiry, then each mutation in
+order, all at one time ``now``) and produces the same results. It never changes the input
+state: it returns a new one, so the caller can re-apply the batch to another state after a
+failed write.
+
+Cost: applying B mutations to a state with N jobs takes O(N + B) time, counting the job
+types a claim names as part of its size. The input job list is shared, changed jobs are
+tracked by slot, and the new list is built once at the end. Claims use per-type cursors
+that only move forward over the jobs in position order, plus small heaps for jobs that a
+``Fail`` in the same batch made claimable again behind a cursor.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+from osqueue.spec import queue as spec
+from osqueue.state import (
+    BrokerRecord,
+    CommitRecord,
+    Counters,
+    DeadLetterRecord,
+    JobRecord,
+    QueueState,
+    decode_payload,
+    encode_payload,
+)
+
+DEFAULT_RECENT_COMMITS = 256
+
+_replace = msgspec.structs.replace
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """The state after a batch and one result per mutation, in order."""
+
+    state: QueueState
+    results: list[spec.Result]
+
+
+class _Jobs:
+    """The job list during a batch: the shared input list plus changes, addressed by slot.
+
+    Slots 0..N-1 are the input jobs and N.. the jobs enqueued in this batch, so slot order
+    is position order. A slot holding None is a job that left the queue.
+    """
+
+    def __init__(self, base: list[JobRecord]) -> None:
+        self._base = base
+        self._changed: dict[int, JobRecord | None] = {}
+        self._added: list[JobRecord | None] = []
+        self._index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._added)
+
+    def get(self, slot: int) -> JobRecord | None:
+        if slot in self._changed:
+            return self._changed[slot]
+        if slot < len(self._base):
+            return self._base[slot]
+        return self._added[slot - len(self._base)]
+
+    def set(self, slot: int, job: JobRecord | None) -> None:
+        if slot >= len(self._base):
+            self._added[slot - len(self._base)] = job
+        else:
+            self._changed[slot] = job
+
+    def add(self, job: JobRecord) -> int:
+        slot = len(self)
+        self._added.append(job)
+        if self._index is not None:
+            self._index[job.id] = slot
+        return slot
+
+    def index(self) -> dict[str, int]:
+        """Map job id to slot, built on first use (O(N))."""
+
+        if self._index is None:
+            self._index = {job.id: slot for slot, job in enumerate(self._base)}
+            for offset, job in enumerate(self._added):
+                if job is not None:
+                    self._index[job.id] = len(self._base) + offset
+        return self._index
+
+    def find(self, job_id: str) -> tuple[int, JobRecord] | None:
+        slot = self.index().get(job_id)
+        if slot is None:
+            return None
+        job = self.get(slot)
+        return None if job is None else (slot, job)
+
+    def is_live(self, job_id: str) -> bool:
+        return self.find(job_id) is not None
+
+    def items(self):
+        for slot in range(len(self)):
+            job = self.get(slot)
+            if job is not None:
+                yield slot, job
+
+    def build(self) -> list[JobRecord]:
+        if not self._changed and not self._added:
+            return self._base
+        changed = self._changed
+        jobs = [changed.get(slot, job) for slot, job in enumerate(self._base)] if changed else list(
+            self._base)
+        jobs.extend(self._added)
+        return [job for job in jobs if job is not None] if self._has_removals() else jobs
+
+    def _has_removals(self) -> bool:
+        return any(job is None for job in self._changed.values()) or any(
+            job is None for job in self._added)
+
+
+class _ClaimIndex:
+    """Finds the first eligible job for a type filter (see the module docstring)."""
+
+    def __init__(self, jobs: _Jobs, now: float) -> None:
+        self._jobs = jobs
+        self._now = now
+        self._all: list[int] = []
+        self._by_type: dict[str, list[int]] = {}
+        self._cursors: dict[str | None, int] = {}
+        self._returned: dict[str | None, list[int]] = {}
+        for slot, job in jobs.items():
+            if job.status == "unclaimed":
+                self.add(slot, job)
+
+    def add(self, slot: int, job: JobRecord) -> None:
+        """Register a job enqueued after every slot already indexed."""
+
+        self._all.append(slot)
+        self._by_type.setdefault(job.type, []).append(slot)
+
+    def returned(self, slot: int, job: JobRecord) -> None:
+        """Register a job that became claimable again, possibly behind the cursors."""
+
+        if job.visible_at > self._now:
+            return
+        heapq.heappush(self._returned.setdefault(None, []), slot)
+        heapq.heappush(self._returned.setdefault(job.type, []), slot)
+
+    def first(self, types: tuple[str, ...] | None) -> int | None:
+        keys: Sequence[str | None] = (None,) if types is None else types
+        best: int | None = None
+        for key in keys:
+            for candidate in (self._scan(key), self._peek_returned(key)):
+                if candidate is not None and (best is None or candidate < best):
+                    best = candidate
+        return best
+
+    def _eligible(self, slot: int) -> bool:
+        job = self._jobs.get(slot)
+        return job is not None and job.status == "unclaimed" and job.visible_at <= self._now
+
+    def _scan(self, key: str | None) -> int | None:
+        slots = self._all if key is None else self._by_type.get(key, ())
+        cursor = self._cursors.get(key, 0)
+        while cursor < len(slots) and not self._eligible(slots[cursor]):
+            cursor += 1
+        self._cursors[key] = cursor
+        return slots[cursor] if cursor < len(slots) else None
+
+    def _peek_returned(self, key: str | None) -> int | None:
+        heap = self._returned.get(key)
+        while heap and not self._eligible(heap[0]):
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+
+class _Batch:
+    def __init__(self, state: QueueState, now: float) -> None:
+        self.state = state
+        self.now = now
+        self.jobs = _Jobs(state.jobs)
+        self.dead: list[DeadLetterRecord] = []
+        self.counts = msgspec.structs.asdict(state.counters)
+        self.next_position = state.next_position
+        self.next_claim = state.next_claim
+        self.next_job_number = state.next_job_number
+        self._claims: _ClaimIndex | None = None
+
+    # Expiry -----------------------------------------------------------------------------
+
+    def expire(self, timeout: float) -> None:
+        now = self.now
+        jobs = self.state.jobs
+        claimed = [slot for slot, job in enumerate(jobs) if job.status == "in_progress"]
+        for slot in claimed:
+            job = jobs[slot]
+            if not now - job.heartbeat_at > timeout:
+                continue
+            self.counts["expired"] += 1
+            if job.attempts >= job.max_attempts:
+                reason = spec.expiry_reason(job.attempts, job.max_attempts, timeout)
+                self._dead_letter(slot, job, reason)
+            else:
+                self.jobs.set(slot, _released(job, "unclaimed", now))
+
+    # Mutations --------------------------------------------------------------------------
+
+    def apply(self, mutation: spec.Mutation) -> spec.Result:
+        if isinstance(mutation, spec.Enqueue):
+            return self._enqueue(mutation)
+        if isinstance(mutation, spec.Claim):
+            return self._claim(mutation)
+        if isinstance(mutation, (spec.Heartbeat, spec.Complete, spec.Fail)):
+            return self._with_claim(mutation)
+        raise TypeError(f"not a queue mutation: {mutation!r}")
+
+    def _enqueue(self, mutation: spec.Enqueue) -> spec.Result:
+        explicit: set[str] = set()
+        for new in mutation.jobs:
+            if new.id is None:
+                continue
+            if new.id in explicit or self.jobs.is_live(new.id):
+                return spec.duplicate_id(new.id)
+            explicit.add(new.id)
+
+        ids = []
+        for new in mutation.jobs:
+            job_id = new.id
+            if job_id is None:
+                job_id = spec.job_id_for(self.next_job_number)
+                self.next_job_number += 1
+            job = JobRecord(
+                id=job_id, type=new.type, status="unclaimed", attempts=0,
+                max_attempts=new.max_attempts, position=self.next_position, visible_at=0.0,
+                payload=encode_payload(new.payload),
+            )
+            self.next_position += 1
+            slot = self.jobs.add(job)
+            if self._claims is not None:
+                self._claims.add(slot, job)
+            ids.append(job_id)
+        self.counts["enqueued"] += len(ids)
+        return spec.Enqueued(tuple(ids))
+
+    def _claim(self, mutation: spec.Claim) -> spec.Result:
+        if self._claims is None:
+            self._claims = _ClaimIndex(self.jobs, self.now)
+        slot = self._claims.first(mutation.types)
+        if slot is None:
+            return spec.NoJobAvailable()
+
+        job = self.jobs.get(slot)
+        token = spec.claim_token_for(self.next_claim)
+        self.next_claim += 1
+        job = _replace(
+            job, status="in_progress", attempts=job.attempts + 1, claim_token=token,
+            claimed_by=mutation.worker, heartbeat_at=self.now,
+        )
+        self.jobs.set(slot, job)
+        self.counts["claimed"] += 1
+        return spec.Claimed(
+            job.id, job.type, decode_payload(job.payload), job.attempts, job.max_attempts, token
+        )
+
+    def _with_claim(self, mutation: spec.Heartbeat | spec.Complete | spec.Fail) -> spec.Result:
+        found = self.jobs.find(mutation.job_id)
+        if found is None:
+            return spec.unknown_job(mutation.job_id)
+        slot, job = found
+        if job.status != "in_progress" or job.claim_token != mutation.token:
+            return spec.stale_claim(mutation.job_id, mutation.token)
+
+        if isinstance(mutation, spec.Heartbeat):
+            self.jobs.set(slot, _replace(job, heartbeat_at=self.now))
+            return spec.Acknowledged()
+        if isinstance(mutation, spec.Complete):
+            self.jobs.set(slot, None)
+            self.counts["completed"] += 1
+            return spec.Acknowledged()
+        return self._fail(slot, job, mutation)
+
+    def _fail(self, slot: int, job: JobRecord, mutation: spec.Fail) -> spec.Result:
+        if job.attempts >= job.max_attempts:
+            reason = spec.fail_reason(job.attempts, job.max_attempts, mutation.error)
+            self._dead_letter(slot, job, reason)
+            return spec.DeadLettered(reason)
+
+        visible_at = self.now + mutation.delay
+        job = _released(job, "unclaimed", visible_at)
+        self.jobs.set(slot, job)
+        if self._claims is not None:
+            self._claims.returned(slot, job)
+        self.counts["returned"] += 1
+        return spec.Returned(visible_at)
+
+    def _dead_letter(self, slot: int, job: JobRecord, reason: str) -> None:
+        self.jobs.set(slot, None)
+        dead = _released(job, "dead", job.visible_at)
+        self.dead.append(DeadLetterRecord(job=dead, reason=reason, died_at=self.now))
+        self.counts["dead"] += 1
+
+    # Result -----------------------------------------------------------------------------
+
+    def finish(
+        self, commit_id: str, broker: BrokerRecord, max_recent_commits: int
+    ) -> QueueState:
+        sequence = self.state.sequence + 1
+        recent = self.state.recent_commits[-(max_recent_commits - 1):] if max_recent_commits > 1 else []
+        recent = [*recent, CommitRecord(sequence, commit_id)]
+        dead_letters = self.state.dead_letters
+        if self.dead:
+            dead_letters = [*dead_letters, *self.dead]
+        return QueueState(
+            schema_version=self.state.schema_version,
+            sequence=sequence,
+            broker=broker,
+            next_position=self.next_position,
+            next_claim=self.next_claim,
+            next_job_number=self.next_job_number,
+            counters=Counters(**self.counts),
+            recent_commits=recent,
+            jobs=self.jobs.build(),
+            dead_letters=dead_letters,
+        )
+
+
+def _released(job: JobRecord, status: str, visible_at: float) -> JobRecord:
+    return _replace(
+        job, status=status, visible_at=visible_at, claim_token=None, claimed_by=None,
+        heartbeat_at=None,
+    )
+
+
+def apply_batch(
+    state: QueueState,
+    mutations: Sequence[spec.Mutation],
+    *,
+    now: float,
+    commit_id: str,
+    heartbeat_timeout: float,
+    broker: BrokerRecord | None = None,
+    max_recent_commits: int = DEFAULT_RECENT_COMMITS,
+    rejected: dict[int, spec.Rejected] | None = None,
+) -> BatchOutcome:
+    """Apply expiry and then ``mutations`` at ``now`` as one commit; ``state`` is unchanged.
+
+    The new state has ``sequence + 1``, ``commit_id`` appended to the recent commits (the
+    oldest dropped beyond ``max_recent_commits``) and ``broker`` (default: unchanged).
+    ``rejected`` maps mutation indexes to a rejection returned without applying them.
+    """
+
+    if max_recent_commits < 1:
+        raise ValueError(f"max_recent_commits must be >= 1, got {max_recent_commits}")
+    batch = _Batch(state, now)
+    batch.expire(heartbeat_timeout)
+    results: list[spec.Result] = []
+    for index, mutation in enumerate(mutations):
+        if rejected and index in rejected:
+            results.append(rejected[index])
+        else:
+            results.append(batch.apply(mutation))
+    new_state = batch.finish(commit_id, broker or state.broker, max_recent_commits)
+    return BatchOutcome(new_state, results)
