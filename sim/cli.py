@@ -8,13 +8,14 @@ options.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from osqueue.sim.faults import DEFAULT_FAULTS, FaultConfig
+from osqueue.sim.faults import DEFAULT_FAULTS, MAX_TIMEOUT, FaultConfig
 from osqueue.sim.workload import WorkloadConfig
 from osqueue.spec.cas import TokenPolicy
 from rich.console import Console
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 
 MAX_VIOLATIONS_SHOWN = 5
 DEFAULT_WORKLOAD = WorkloadConfig()
+DEFAULT_SEED = 1
+# Kept equal to osqueue.sim.runner.DEFAULT_CHECK_TIMEOUT by a test, because importing the
+# runner imports trio, which this module must not need at import time.
+DEFAULT_CHECK_TIMEOUT = 60.0
 
 
 def register(app: typer.Typer) -> None:
@@ -36,9 +41,13 @@ def register(app: typer.Typer) -> None:
 
 
 def sim_command(
-    seed: int = typer.Option(1, "--seed", help="Seed of the run; one seed gives one history."),
+    seed: int | None = typer.Option(
+        None, "--seed",
+        help=f"Seed of one run, >= 0 (default {DEFAULT_SEED}); one seed gives one history.",
+    ),
     seeds: str | None = typer.Option(
-        None, "--seeds", help="Range of seeds A..B (inclusive) to sweep instead of --seed."
+        None, "--seeds",
+        help="Range of seeds A..B (both included, >= 0) to sweep; cannot be combined with --seed.",
     ),
     jobs: int = typer.Option(
         0, "--jobs", help="Processes for --seeds; 0 uses one per CPU.", min=0
@@ -69,12 +78,12 @@ def sim_command(
         help="Probability that an operation gets a 500, 503 or 429 and is not applied.",
     ),
     timeout: float = typer.Option(
-        DEFAULT_FAULTS.timeout, "--timeout", help="Client timeout in virtual seconds."
+        DEFAULT_FAULTS.timeout, "--timeout",
+        help=f"Client timeout in virtual seconds, > 0 and at most {MAX_TIMEOUT:g} (one day).",
     ),
     rate_limit: float = typer.Option(
         0.0, "--rate-limit-per-second",
         help="Writes per second allowed on one object (GCS allows about 1); 0 means no limit.",
-        min=0.0,
     ),
     lying: bool = typer.Option(
         False, "--lying", help="Ignore preconditions (negative control: checks must fail)."
@@ -83,13 +92,14 @@ def sim_command(
         "unique", "--token-policy", help="Version tokens: unique or content-hash."
     ),
     reads_per_minute: float | None = typer.Option(
-        None, "--reads-per-minute", help="Throttle each client's reads (ThrottledStorageBackend)."
+        None, "--reads-per-minute",
+        help="Throttle each client's reads to this many per minute (ThrottledStorageBackend).",
     ),
     writes_per_minute: float | None = typer.Option(
-        None, "--writes-per-minute", help="Throttle each client's writes."
+        None, "--writes-per-minute", help="Throttle each client's writes to this many per minute."
     ),
     check_timeout: float = typer.Option(
-        60.0, "--check-timeout",
+        DEFAULT_CHECK_TIMEOUT, "--check-timeout",
         help="Wall seconds for the linearizability search; when exceeded the verdict is unknown.",
     ),
     out: Annotated[Path | None, typer.Option(
@@ -102,19 +112,22 @@ def sim_command(
 
     console = Console()
     _require_trio()
+
+    # Every option is checked before the first seed runs, so bad input exits with 2 and a
+    # message naming the option, never with a crashed run or a sweep of crashed seeds.
+    seed_range = _parse_seeds(seed, seeds)
+    _check_fault_options(drop_request, drop_response, late, error_rate, timeout, rate_limit)
+    _check_rate_option("--reads-per-minute", "reads", reads_per_minute)
+    _check_rate_option("--writes-per-minute", "writes", writes_per_minute)
+    _check_check_timeout(check_timeout)
     config = _build_config(
-        seed, clients, ops, keys, drop_request, drop_response, late, error_rate, timeout,
-        rate_limit, lying, token_policy, reads_per_minute, writes_per_minute,
+        seed_range.start, clients, ops, keys, drop_request, drop_response, late, error_rate,
+        timeout, rate_limit, lying, token_policy, reads_per_minute, writes_per_minute,
     )
+
     if seeds is None:
         passed = _run_one(console, config, out, check_timeout)
     else:
-        from osqueue.sim.sweep import parse_seed_range
-
-        try:
-            seed_range = parse_seed_range(seeds)
-        except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--seeds") from None
         passed = _run_sweep(console, config, seed_range, jobs or os.cpu_count() or 1, out,
                             check_timeout)
     raise typer.Exit(0 if passed else 1)
@@ -128,6 +141,92 @@ def _require_trio() -> None:
             "osqueue sim needs trio, which is not installed; install the sim extra with "
             "pip install 'osqueue[sim]'"
         ) from None
+
+
+def _parse_seeds(seed: int | None, seeds: str | None) -> range:
+    """Return the seeds to run: ``--seeds`` when given, else the single ``--seed``."""
+
+    if seed is not None and seeds is not None:
+        raise typer.BadParameter(
+            f"--seed {seed} and --seeds {seeds} cannot be combined; pass --seed N for one run "
+            "or --seeds A..B for a sweep",
+            param_hint="--seed",
+        )
+    if seeds is not None:
+        from osqueue.sim.sweep import parse_seed_range
+
+        try:
+            return parse_seed_range(seeds)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--seeds") from None
+
+    value = DEFAULT_SEED if seed is None else seed
+    if value < 0:
+        raise typer.BadParameter(
+            f"must be >= 0, got {value}; a negative seed repeats the history of its "
+            "absolute value",
+            param_hint="--seed",
+        )
+    return range(value, value + 1)
+
+
+def _check_fault_options(
+    drop_request: float,
+    drop_response: float,
+    late: float,
+    error_rate: float,
+    timeout: float,
+    rate_limit: float,
+) -> None:
+    """Raise BadParameter for a fault option that ``FaultConfig`` would reject."""
+
+    probabilities = {
+        "--drop-request": drop_request,
+        "--drop-response": drop_response,
+        "--late": late,
+        "--error-rate": error_rate,
+    }
+    for option, value in probabilities.items():
+        # Written so that NaN fails too.
+        if not 0.0 <= value <= 1.0:
+            raise typer.BadParameter(
+                f"must be a probability between 0 and 1, got {value}", param_hint=option
+            )
+    if drop_request + drop_response + late > 1.0:
+        raise typer.BadParameter(
+            "one draw picks at most one write fault, so their probabilities must add up to at "
+            f"most 1, got {drop_request} + {drop_response} + {late} = "
+            f"{drop_request + drop_response + late:g}",
+            param_hint=["--drop-request", "--drop-response", "--late"],
+        )
+    if not 0.0 < timeout <= MAX_TIMEOUT:
+        raise typer.BadParameter(
+            f"must be > 0 and at most {MAX_TIMEOUT:g} virtual seconds (one day), got {timeout}",
+            param_hint="--timeout",
+        )
+    if not (math.isfinite(rate_limit) and rate_limit >= 0.0):
+        raise typer.BadParameter(
+            f"must be a finite number of writes per second >= 0 (0 means no limit), "
+            f"got {rate_limit}",
+            param_hint="--rate-limit-per-second",
+        )
+
+
+def _check_rate_option(option: str, unit: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0.0):
+        raise typer.BadParameter(
+            f"must be a finite number of {unit} per minute > 0, got {value}; leave the option "
+            "out to run without a throttle",
+            param_hint=option,
+        )
+
+
+def _check_check_timeout(value: float) -> None:
+    if not (math.isfinite(value) and value > 0.0):
+        raise typer.BadParameter(
+            f"must be a finite number of wall seconds > 0, got {value}",
+            param_hint="--check-timeout",
+        )
 
 
 def _build_config(
@@ -174,7 +273,10 @@ def _build_config(
         raise typer.BadParameter(str(error)) from None
     from osqueue.sim.runner import SimConfig
 
-    return SimConfig(seed=seed, policy=policy, faults=faults, workload=workload)
+    try:
+        return SimConfig(seed=seed, policy=policy, faults=faults, workload=workload)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def _run_one(console: Console, config: SimConfig, out: Path | None, check_timeout: float) -> bool:
@@ -193,7 +295,8 @@ def _run_one(console: Console, config: SimConfig, out: Path | None, check_timeou
     if not outcome.passed:
         console.print(f"[bold red]FAILED[/] seed {config.seed}; replay with:")
         console.print(
-            f"  {replay_command(config, str(out) if out else None)}", markup=False, soft_wrap=True
+            f"  {replay_command(config, str(out) if out else None, check_timeout)}",
+            markup=False, soft_wrap=True,
         )
     else:
         console.print(f"[bold green]PASSED[/] seed {config.seed}")
@@ -296,7 +399,7 @@ def _run_sweep(
     console.print("replay a failing seed with:")
     for summary in failing:
         seed_out = None if out is None else str(out / f"seed-{summary.seed}")
-        command = replay_command(_with_seed(config, summary.seed), seed_out)
+        command = replay_command(_with_seed(config, summary.seed), seed_out, check_timeout)
         console.print(f"  {command}", markup=False, soft_wrap=True)
     console.print(f"[bold red]FAILED[/] {len(failing)} of {len(summaries)} seeds")
     return False

@@ -19,6 +19,15 @@ An operation must take effect strictly after its invocation: the store relies on
 order all operations that take effect at one virtual instant (see ``osqueue.sim.store``).
 """
 
+MAX_TIMEOUT = 86400.0
+"""Largest client timeout in seconds of virtual time (one day).
+
+The limit is a chosen bound, far above any real client timeout. Virtual times are floats,
+so at about 1e308 seconds ``deadline + late_delay`` rounds to ``deadline`` and the store
+would schedule a late write at the instant it enqueues it, and an infinite timeout never
+ends the run.
+"""
+
 TRANSIENT_STATUSES = (500, 503, 429)
 """HTTP statuses of the transient errors the store can inject."""
 
@@ -147,8 +156,10 @@ class FaultConfig:
                 "drop_request + drop_response + applied_late must not exceed 1, got "
                 f"{self.drop_request + self.drop_response + self.applied_late}"
             )
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if not 0 < self.timeout <= MAX_TIMEOUT:
+            raise ValueError(
+                f"timeout must be > 0 and <= {MAX_TIMEOUT} seconds (one day), got {self.timeout}"
+            )
         unknown = [status for status in self.error_statuses if status not in TRANSIENT_STATUSES]
         if unknown or not self.error_statuses:
             raise ValueError(
@@ -156,9 +167,10 @@ class FaultConfig:
                 f"{self.error_statuses}"
             )
         limit = self.write_rate_limit_per_second
-        if limit is not None and limit <= 0:
+        if limit is not None and not (math.isfinite(limit) and limit > 0):
             raise ValueError(
-                f"write_rate_limit_per_second must be > 0 or None (no limit), got {limit}"
+                f"write_rate_limit_per_second must be a finite number > 0 or None (no limit), "
+                f"got {limit}"
             )
         if self.apply_fraction is not None and not 0.0 < self.apply_fraction <= 1.0:
             raise ValueError(

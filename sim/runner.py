@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,9 @@ HISTORY_VERSION = 1
 HISTORY_FILE = "history.jsonl"
 REPORT_FILE = "report.html"
 
+DEFAULT_CHECK_TIMEOUT = 60.0
+"""Wall seconds the linearizability search gets by default before its verdict is unknown."""
+
 VIRTUAL_EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 """The wall-clock date at virtual time 0, for the throttle's daily write budget."""
 
@@ -48,6 +52,22 @@ class SimConfig:
     policy: TokenPolicy = TokenPolicy.UNIQUE
     faults: FaultConfig = DEFAULT_FAULTS
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+
+    def __post_init__(self) -> None:
+        # random.Random(-n) draws the same numbers as random.Random(n), so a negative seed
+        # would repeat another seed's history under a different name.
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+        # ThrottledStorageBackend rejects these only when the run builds the clients, which
+        # in a sweep would fail every seed instead of the configuration.
+        for name in ("reads_per_minute", "writes_per_minute"):
+            rate = getattr(self.workload, name)
+            if rate is not None and not (math.isfinite(rate) and rate > 0):
+                raise ValueError(
+                    f"workload.{name} must be a finite number > 0 or None (no limit), "
+                    f"got {rate}"
+                )
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -201,7 +221,7 @@ class CheckOutcome:
         return self.predicates_passed and self.linearizable
 
 
-def check_run(run: SimRun, *, timeout: float | None = 60.0) -> CheckOutcome:
+def check_run(run: SimRun, *, timeout: float | None = DEFAULT_CHECK_TIMEOUT) -> CheckOutcome:
     """Check ``run.history`` with the spec predicates and for linearizability.
 
     ``timeout`` bounds the linearizability search in wall seconds; when it runs out the

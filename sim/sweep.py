@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import multiprocessing
 import re
 import shlex
@@ -13,20 +14,49 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from osqueue.sim.runner import SimConfig, check_run, simulate, write_outputs
+from osqueue.sim.faults import FaultConfig
+from osqueue.sim.runner import (
+    DEFAULT_CHECK_TIMEOUT,
+    SimConfig,
+    check_run,
+    simulate,
+    write_outputs,
+)
+from osqueue.sim.workload import WorkloadConfig
 
 logger = logging.getLogger(__name__)
 
-_SEED_RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
+# The signs are matched so that a negative seed gets its own message.
+_SEED_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
+
+_CLI_FAULT_FIELDS = frozenset({
+    "timeout", "drop_request", "drop_response", "applied_late", "error_rate",
+    "write_rate_limit_per_second", "lying",
+})
+"""The ``FaultConfig`` fields that ``osqueue sim`` options set."""
+
+_CLI_WORKLOAD_FIELDS = frozenset({
+    "clients", "operations", "keys", "reads_per_minute", "writes_per_minute",
+})
+"""The ``WorkloadConfig`` fields that ``osqueue sim`` options set."""
 
 
 def parse_seed_range(text: str) -> range:
-    """Return the seeds of ``"A..B"`` (both ends included)."""
+    """Return the seeds of ``"A..B"`` (both ends included).
+
+    Raises ValueError for other text, for a negative seed (``random.Random(-n)`` draws the
+    same numbers as ``random.Random(n)``) and for an empty range.
+    """
 
     match = _SEED_RANGE.match(text)
     if match is None:
         raise ValueError(f"invalid seed range {text!r}; write it as A..B, for example 1..20")
     first, last = int(match.group(1)), int(match.group(2))
+    if first < 0 or last < 0:
+        raise ValueError(
+            f"seed range {text!r} contains a negative seed; seeds must be >= 0 because a "
+            "negative seed repeats the history of its absolute value"
+        )
     if last < first:
         raise ValueError(f"seed range {text!r} is empty; the second seed must be >= the first")
     return range(first, last + 1)
@@ -121,6 +151,11 @@ def sweep(
 
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    # Checked here because otherwise every seed would fail in the checker with the same error.
+    if check_timeout is not None and not (math.isfinite(check_timeout) and check_timeout > 0):
+        raise ValueError(
+            f"check_timeout must be a finite number of seconds > 0 or None, got {check_timeout}"
+        )
     logger.info("sweep of seeds %d..%d starts on %d processes", seeds.start, seeds[-1], jobs)
     summaries: list[SeedSummary] = []
     for summary in _run_all(config, seeds, jobs, out, check_timeout):
@@ -156,9 +191,18 @@ def _run_all(
             yield future.result()
 
 
-def replay_command(config: SimConfig, out: str | None = None) -> str:
-    """Return the ``osqueue sim`` command line that reruns ``config`` exactly."""
+def replay_command(
+    config: SimConfig, out: str | None = None, check_timeout: float = DEFAULT_CHECK_TIMEOUT
+) -> str:
+    """Return the ``osqueue sim`` command line that reruns ``config`` and its checks.
 
+    The command spells out every option that changes the history or the verdict, including
+    ``--check-timeout``. Raises ValueError when ``config`` sets a field that no option can
+    express (a latency distribution, for example), because the command would then run a
+    different configuration.
+    """
+
+    _require_cli_config(config)
     faults = config.faults
     workload = config.workload
     parts = [
@@ -174,6 +218,7 @@ def replay_command(config: SimConfig, out: str | None = None) -> str:
         "--timeout", repr(faults.timeout),
         "--rate-limit-per-second", repr(faults.write_rate_limit_per_second or 0.0),
         "--token-policy", config.policy.value,
+        "--check-timeout", repr(float(check_timeout)),
     ]
     if workload.reads_per_minute is not None:
         parts += ["--reads-per-minute", repr(workload.reads_per_minute)]
@@ -184,3 +229,28 @@ def replay_command(config: SimConfig, out: str | None = None) -> str:
     if out is not None:
         parts += ["--out", out]
     return shlex.join(parts)
+
+
+def _require_cli_config(config: SimConfig) -> None:
+    """Raise ValueError naming the fields of ``config`` that no ``osqueue sim`` option sets
+    and that differ from their defaults."""
+
+    fixed = [
+        f"faults.{name}" for name in _differing_fields(config.faults, FaultConfig())
+        if name not in _CLI_FAULT_FIELDS
+    ] + [
+        f"workload.{name}" for name in _differing_fields(config.workload, WorkloadConfig())
+        if name not in _CLI_WORKLOAD_FIELDS
+    ]
+    if fixed:
+        raise ValueError(
+            f"no osqueue sim options set {', '.join(fixed)}; rerun this configuration from "
+            "Python with the same SimConfig"
+        )
+
+
+def _differing_fields(value: object, default: object) -> list[str]:
+    return [
+        item.name for item in dataclasses.fields(value)  # type: ignore[arg-type]
+        if getattr(value, item.name) != getattr(default, item.name)
+    ]
