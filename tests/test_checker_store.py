@@ -244,7 +244,7 @@ def test_unknown_policy_rejected():
 def test_successful_write_without_token_rejected():
     history = Recorder().add("a", OpKind.WRITE, 0, 1, Outcome.OK, data=b"a", expected="t0").ops
 
-    with pytest.raises(ValueError, match="must be ok with a token"):
+    with pytest.raises(ValueError, match="must be ok with a 'token'"):
         operations_from_store_history(history)
 
 

@@ -34,6 +34,12 @@ def partition_by_key(operations: Sequence[Operation]) -> list[list[Operation]]:
     return [parts[key] for key in sorted(parts, key=repr)]
 
 
+def describe_key_part(first: Operation) -> str:
+    """Name the part of a history split by ``partition_by_key`` that ``first`` belongs to."""
+
+    return f"key {first.input[1]!r}"
+
+
 def _register_step(state: Any, input: tuple, output: Any) -> tuple[bool, Any]:
     kind = input[0]
     if kind == "read":
@@ -139,6 +145,7 @@ def kv_model() -> Model:
         init=tuple,
         step=_kv_step,
         partition=partition_by_key,
+        describe_part=describe_key_part,
         describe_operation=_describe_kv,
         describe_state=_describe_kv_state,
     )

@@ -1,7 +1,8 @@
 """Readers for history files: osqueue JSON lines, Jepsen etcd logs and Jepsen key-value EDN logs.
 
 Each reader returns a ``ParsedHistory``: checker operations plus the name of the model the
-file was written for. The formats are described in docs/history-format.md.
+file was written for. The JSON-lines reader lives in ``osqueue.checker.jsonl``. The formats
+are described in docs/history-format.md.
 """
 
 from __future__ import annotations
@@ -9,40 +10,37 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from osqueue.checker.store import operations_from_store_history
-from osqueue.checker.types import UNKNOWN, Operation
-from osqueue.spec.cas import TokenPolicy
-from osqueue.spec.history import StoreOperation
+from osqueue.checker.jsonl import HEADER_FORMAT, HEADER_VERSION, parse_jsonl
+from osqueue.checker.types import (
+    HISTORY_DOCS,
+    MODELS,
+    UNKNOWN,
+    HistoryFormatError,
+    Operation,
+    ParsedHistory,
+)
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "EXTENSION_FORMATS",
+    "FORMATS",
+    "HEADER_FORMAT",
+    "HEADER_VERSION",
+    "MODELS",
+    "HistoryFormatError",
+    "ParsedHistory",
+    "detect_format",
+    "parse_history_file",
+    "parse_history_text",
+]
+
 FORMATS = ("auto", "jsonl", "jepsen", "kv")
-MODELS = ("cas-register", "kv", "object-store")
-HEADER_FORMAT = "osqueue-history"
-
-
-class HistoryFormatError(ValueError):
-    """A history file could not be parsed; the message names the file, line and fix."""
-
-
-@dataclass(slots=True)
-class ParsedHistory:
-    """Operations read from one file and the model they are meant for.
-
-    ``store_history`` contains the original records when the file is an object store history
-    (``model == "object-store"``), and ``policy`` its token policy from the header.
-    """
-
-    operations: list[Operation]
-    model: str
-    format: str
-    policy: TokenPolicy | None = None
-    store_history: list[StoreOperation] | None = None
-    header: dict[str, Any] = field(default_factory=dict)
+EXTENSION_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".log": "jepsen"}
+"""Formats of empty files by file name extension; a non-empty file is detected by content."""
 
 
 def parse_history_file(path: str | Path, format: str = "auto") -> ParsedHistory:
@@ -54,21 +52,40 @@ def parse_history_file(path: str | Path, format: str = "auto") -> ParsedHistory:
             f"unknown history format {format!r}; use one of {', '.join(FORMATS)}"
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise HistoryFormatError(f"history file {str(path)!r} not found; check the path") from None
+    except IsADirectoryError:
+        raise HistoryFormatError(
+            f"{str(path)!r} is a directory; pass the path of a history file"
+        ) from None
+    except OSError as error:
+        raise HistoryFormatError(
+            f"cannot read history file {str(path)!r}: {error.strerror or error}"
+        ) from None
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise HistoryFormatError(
+            f"{str(path)!r} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); a history file is a text file, see {HISTORY_DOCS}"
+        ) from None
     return parse_history_text(text, format, source=str(path))
 
 
 def parse_history_text(text: str, format: str = "auto", *, source: str = "<text>") -> ParsedHistory:
-    """Parse a history held in ``text``; ``source`` names it in error messages."""
+    """Parse a history held in ``text``; ``source`` names it in error messages.
+
+    With ``format="auto"``, the extension of ``source`` decides the format of an empty text.
+    """
 
     if format == "auto":
-        format = detect_format(text)
+        format = detect_format(text, source)
         logger.debug("detected format %s for %s", format, source)
     lines = text.splitlines()
     if format == "jsonl":
-        return _parse_jsonl(lines, source)
+        return parse_jsonl(lines, source)
     if format == "jepsen":
         return _parse_jepsen(lines, source)
     if format == "kv":
@@ -76,8 +93,12 @@ def parse_history_text(text: str, format: str = "auto", *, source: str = "<text>
     raise HistoryFormatError(f"unknown history format {format!r}; use one of {', '.join(FORMATS)}")
 
 
-def detect_format(text: str) -> str:
-    """Guess the format from the first non-empty line; an empty text reads as a Jepsen log."""
+def detect_format(text: str, source: str | None = None) -> str:
+    """Guess the format from the first non-empty line.
+
+    A text without records has no content to go by, so the extension of the file name
+    ``source`` decides (``EXTENSION_FORMATS``), and anything else reads as a Jepsen log.
+    """
 
     for line in text.splitlines():
         stripped = line.strip()
@@ -93,6 +114,8 @@ def detect_format(text: str) -> str:
             f"cannot tell the format of the line {stripped[:80]!r}; pass --format jsonl, "
             "jepsen or kv"
         )
+    if source is not None:
+        return EXTENSION_FORMATS.get(Path(source).suffix.lower(), "jepsen")
     return "jepsen"
 
 
@@ -158,8 +181,13 @@ def _parse_edn_value(text: str, where: str) -> Any:
         return text
     if text.startswith("[") and text.endswith("]"):
         return [_parse_edn_value(part, where) for part in text[1:-1].split()]
-    if text.startswith('"') and text.endswith('"'):
-        return json.loads(text)
+    if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise HistoryFormatError(
+                f"{where}: invalid string {text[:80]}; strings use JSON-style escapes"
+            ) from None
     try:
         return int(text)
     except ValueError:
@@ -213,7 +241,8 @@ def _parse_jepsen(lines: list[str], source: str) -> ParsedHistory:
         else:
             input = pending.input_of(process, number)
             pending.complete(process, _register_output(input[0], kind, value), number, number)
-    return ParsedHistory(pending.finish(), "cas-register", "jepsen")
+    operations = pending.finish()
+    return ParsedHistory(operations, "cas-register", "jepsen", records=_count_records(lines))
 
 
 # --- Jepsen key-value EDN logs ----------------------------------------------------------
@@ -242,6 +271,10 @@ def _kv_input(function: str, key: Any, value: Any, where: str) -> tuple:
     if function == "get":
         return ("get", key)
     if function in ("put", "append"):
+        if value is not None and not isinstance(value, str):
+            raise HistoryFormatError(
+                f"{where}: the value of {function} must be a string or nil, got {value!r}"
+            )
         return (function, key, "" if value is None else value)
     raise HistoryFormatError(
         f"{where}: unknown key-value operation {function!r}; expected get, put or append"
@@ -260,15 +293,23 @@ def _parse_kv(lines: list[str], source: str) -> ParsedHistory:
         value = record.get("value")
 
         if kind == "invoke":
-            pending.invoke(
-                process, _kv_input(function, record.get("key"), value, where), number, number
-            )
+            if "key" not in record:
+                raise HistoryFormatError(
+                    f"{where}: missing :key; every key-value operation names its key, see "
+                    f"{HISTORY_DOCS}"
+                )
+            input = _kv_input(function, record["key"], value, where)
+            pending.invoke(process, input, number, number)
         elif kind == "info":
             pending.complete(process, UNKNOWN, None, number)
         elif kind in ("ok", "fail"):
             if function == "get" and kind == "fail":
                 output = UNKNOWN
             elif function == "get":
+                if value is not None and not isinstance(value, str):
+                    raise HistoryFormatError(
+                        f"{where}: invalid get result {value!r}; a get returns a string or nil"
+                    )
                 output = "" if value is None else value
             else:
                 output = kind == "ok"
@@ -277,108 +318,8 @@ def _parse_kv(lines: list[str], source: str) -> ParsedHistory:
             raise HistoryFormatError(
                 f"{where}: unknown :type :{kind}; expected invoke, ok, fail or info"
             )
-    return ParsedHistory(pending.finish(), "kv", "kv")
+    return ParsedHistory(pending.finish(), "kv", "kv", records=_count_records(lines))
 
 
-# --- osqueue JSON lines --------------------------------------------------------------------
-
-
-def _parse_jsonl(lines: list[str], source: str) -> ParsedHistory:
-    header: dict[str, Any] = {}
-    store_records: list[StoreOperation] = []
-    operations: list[Operation] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{source}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise HistoryFormatError(
-                f"{where}: invalid JSON ({error.msg}); each line must be one JSON object"
-            ) from None
-        if not isinstance(record, dict):
-            raise HistoryFormatError(
-                f"{where}: expected a JSON object, got {type(record).__name__}"
-            )
-
-        if record.get("format") == HEADER_FORMAT:
-            if header or store_records or operations:
-                raise HistoryFormatError(f"{where}: the header must be the first line")
-            header = record
-        elif "outcome" in record:
-            store_records.append(_store_record(record, where))
-        else:
-            operations.append(_generic_record(record, where))
-
-    if store_records and operations:
-        raise HistoryFormatError(
-            f"{source}: mixes object store records (with 'outcome') and generic records "
-            "(with 'f'); write one kind per file"
-        )
-    if store_records or header.get("model") == "object-store":
-        policy = TokenPolicy(header.get("policy", TokenPolicy.UNIQUE.value))
-        return ParsedHistory(
-            operations_from_store_history(store_records),
-            "object-store",
-            "jsonl",
-            policy=policy,
-            store_history=store_records,
-            header=header,
-        )
-    model = header.get("model") or _generic_model(operations, source)
-    return ParsedHistory(operations, model, "jsonl", header=header)
-
-
-def _store_record(record: dict[str, Any], where: str) -> StoreOperation:
-    try:
-        return StoreOperation.from_record(record)
-    except (KeyError, ValueError, TypeError) as error:
-        raise HistoryFormatError(
-            f"{where}: invalid object store record ({type(error).__name__}: {error}); "
-            "expected the fields of StoreOperation.to_record()"
-        ) from None
-
-
-def _generic_record(record: dict[str, Any], where: str) -> Operation:
-    for name in ("client", "f", "type", "call"):
-        if name not in record:
-            raise HistoryFormatError(
-                f"{where}: the record has no {name!r} field; see docs/history-format.md"
-            )
-    function, kind = record["f"], record["type"]
-    if kind not in ("ok", "fail", "info"):
-        raise HistoryFormatError(f"{where}: unknown type {kind!r}; expected ok, fail or info")
-
-    value = record.get("value")
-    if function in ("get", "put", "append"):
-        input = _kv_input(function, record.get("key"), value, where)
-    else:
-        input = _register_input(function, value, where)
-
-    returned = record.get("return")
-    if kind == "info":
-        return Operation(record["client"], input, UNKNOWN, float(record["call"]), None)
-    if returned is None:
-        raise HistoryFormatError(
-            f"{where}: a completed operation (type {kind!r}) needs a 'return' time"
-        )
-    if function in ("read", "get"):
-        output = record.get("result") if kind == "ok" else UNKNOWN
-        if function == "get" and output is None:
-            output = ""
-    else:
-        output = kind == "ok"
-    return Operation(record["client"], input, output, float(record["call"]), float(returned))
-
-
-def _generic_model(operations: list[Operation], source: str) -> str:
-    kinds = {op.input[0] for op in operations}
-    if kinds <= {"read", "write", "cas"}:
-        return "cas-register"
-    if kinds <= {"get", "put", "append"}:
-        return "kv"
-    raise HistoryFormatError(
-        f"{source}: mixes register operations (read, write, cas) with key-value operations "
-        "(get, put, append); write one model per file"
-    )
+def _count_records(lines: list[str]) -> int:
+    return sum(1 for line in lines if line.strip())

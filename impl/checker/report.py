@@ -54,24 +54,69 @@ def _shown_parts(result: CheckResult) -> list[PartitionResult]:
     return notable or list(result.partitions)
 
 
-def summarize(result: CheckResult, operations: Sequence[Operation], model: Model) -> str:
-    """Return a plain-text account of ``result``: verdict, and for each failing part the
-    end of the longest linearization and the operations that could not follow it."""
+def part_name(part: PartitionResult, operations: Sequence[Operation], model: Model) -> str:
+    """Return "part N", followed by what the part holds when the model can name it."""
 
-    lines = [
-        (
+    name = f"part {part.index}"
+    if model.describe_part is not None and part.operations:
+        name += f" ({model.describe_part(operations[part.operations[0]])})"
+    return name
+
+
+def parts_overview(result: CheckResult) -> str | None:
+    """Explain what a part is and how many passing parts a report leaves out.
+
+    Returns None for a history checked as one part, where there is nothing to explain.
+    """
+
+    total = len(result.partitions)
+    if total <= 1:
+        return None
+    hidden = total - len(_shown_parts(result)) if result.verdict is not Verdict.LINEARIZABLE else 0
+    text = (
+        f"The history was split into {total} parts: independent sub-histories, for example "
+        "the operations on one key, each checked alone. It is linearizable exactly when every "
+        "part is."
+    )
+    if hidden:
+        text += f" {hidden} linearizable part(s) are not shown."
+    return text
+
+
+def summarize(
+    result: CheckResult,
+    operations: Sequence[Operation],
+    model: Model,
+    *,
+    headline: bool = True,
+) -> str:
+    """Return a plain-text account of ``result``: verdict, and for each failing part the
+    end of the longest linearization and the operations that could not follow it.
+
+    ``headline=False`` leaves out the first line (verdict, counts and budget), for callers
+    that print those themselves.
+    """
+
+    lines = []
+    if headline:
+        lines.append(
             f"{result.verdict.value} ({model.name}, {len(operations)} operations, "
             f"{len(result.partitions)} part(s), {result.elapsed:.3f} s, {result.steps} steps)"
         )
-    ]
-    if result.budget_exhausted:
-        lines.append("the time or step budget ran out before the search finished")
+        if result.budget_exhausted:
+            lines.append("the time or step budget ran out before the search finished")
     if result.verdict is Verdict.LINEARIZABLE:
         return "\n".join(lines)
 
+    overview = parts_overview(result)
+    if overview is not None:
+        lines.append(overview)
     for part in _shown_parts(result):
         lines.append("")
-        lines.append(f"part {part.index}: {part.verdict.value}, {len(part.operations)} operations")
+        lines.append(
+            f"{part_name(part, operations, model)}: {part.verdict.value}, "
+            f"{len(part.operations)} operations"
+        )
         order = part.linearization
         states = replay(model, operations, order)
         first = max(0, len(order) - _MAX_LISTED)
@@ -235,8 +280,9 @@ def _steps_table(part: PartitionResult, operations: Sequence[Operation], model: 
 
 
 def _part_section(part: PartitionResult, operations: Sequence[Operation], model: Model) -> str:
+    name = part_name(part, operations, model)
     heading = (
-        f"Part {part.index}: {part.verdict.value}, {len(part.operations)} operations, "
+        f"{name[0].upper()}{name[1:]}: {part.verdict.value}, {len(part.operations)} operations, "
         f"{part.states} states, {part.elapsed * 1000:.1f} ms"
     )
     body = [f"<h2>{html.escape(heading)}</h2>"]
@@ -267,6 +313,9 @@ def render_html(result: CheckResult, operations: Sequence[Operation], model: Mod
     )
     if result.budget_exhausted:
         summary += "; the time or step budget ran out"
+    overview = parts_overview(result)
+    if overview is not None:
+        summary += f". {overview}"
     sections = [_part_section(part, operations, model) for part in _shown_parts(result)]
     return "\n".join(
         [

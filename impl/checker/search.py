@@ -126,8 +126,8 @@ def check_operations(
 def _validate(
     operations: Sequence[Operation], timeout: float | None, max_steps: int | None
 ) -> None:
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a finite positive number of seconds, got {timeout!r}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     for number, op in enumerate(operations):
@@ -140,6 +140,12 @@ def _validate(
             raise TypeError(
                 f"operation {number} ({op!r}) has invocation time {op.call!r}; "
                 "every operation needs a numeric call time"
+            )
+        returned = op.return_
+        if not math.isfinite(op.call) or (returned is not None and not math.isfinite(returned)):
+            raise ValueError(
+                f"operation {number} ({op!r}) has a non-finite time; call and return times "
+                "must be finite numbers"
             )
         if op.return_ is not None and op.return_ < op.call:
             raise ValueError(

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from osqueue.checker.models import partition_by_key
+from osqueue.checker.models import describe_key_part, partition_by_key
 from osqueue.checker.search import check_operations
 from osqueue.checker.types import UNKNOWN, CheckResult, Model, Operation
 from osqueue.spec.cas import TokenPolicy, content_token
@@ -205,6 +205,7 @@ def object_store_model(policy: TokenPolicy | str = TokenPolicy.UNIQUE) -> Model:
         init=tuple,
         step=_ObjectStoreSteps(policy),
         partition=partition_by_key,
+        describe_part=describe_key_part,
         describe_operation=_describe_store_operation,
         describe_state=_describe_store_state,
     )
@@ -231,18 +232,20 @@ def _encode(op: StoreOperation, minted: set[str]) -> tuple[tuple, Any]:
         if op.outcome is not Outcome.OK or op.token is None:
             raise ValueError(
                 f"read operation {op.op_id} has outcome {op.outcome.value!r} and token "
-                f"{op.token!r}; a read must be ok with a token, absent, failed or indeterminate"
+                f"{op.token!r}; a read must be ok with a 'token', absent, failed or indeterminate"
             )
         return input, ("ok", op.data, op.token, op.token in minted)
 
     if op.data is None:
         raise ValueError(
-            f"{op.kind.value} operation {op.op_id} has no data; record the bytes it sent"
+            f"{op.kind.value} operation {op.op_id} has no data; record the bytes it sent "
+            "in 'data_b64'"
         )
     if op.kind is OpKind.WRITE:
         if op.expected is None:
             raise ValueError(
-                f"write operation {op.op_id} has no expected token; record the token it presented"
+                f"write operation {op.op_id} has no expected token; record the token it "
+                "presented in 'expected'"
             )
         input = (
             "write",
@@ -263,10 +266,26 @@ def _encode(op: StoreOperation, minted: set[str]) -> tuple[tuple, Any]:
     if op.outcome is not Outcome.OK or op.token is None:
         raise ValueError(
             f"{op.kind.value} operation {op.op_id} has outcome {op.outcome.value!r} and token "
-            f"{op.token!r}; a write or create must be ok with a token, conflict, failed or "
+            f"{op.token!r}; a write or create must be ok with a 'token', conflict, failed or "
             "indeterminate"
         )
     return input, ("ok", op.token)
+
+
+def validate_store_operation(op: StoreOperation) -> None:
+    """Raise ValueError, naming the record field to fix, when ``op`` cannot be checked.
+
+    Operations with outcome ``FAILED`` pass unchecked, because the checker leaves them out.
+    """
+
+    if op.outcome is Outcome.FAILED:
+        return
+    _encode(op, set())
+    if op.outcome is not Outcome.INDETERMINATE and op.completed_at is None:
+        raise ValueError(
+            f"operation {op.op_id} has outcome {op.outcome.value!r} but no completion "
+            "time; set 'complete' (completed_at) or mark the outcome indeterminate"
+        )
 
 
 def operations_from_store_history(history: Sequence[StoreOperation]) -> list[Operation]:
@@ -284,13 +303,9 @@ def operations_from_store_history(history: Sequence[StoreOperation]) -> list[Ope
         if op.outcome is Outcome.FAILED:
             skipped += 1
             continue
+        validate_store_operation(op)
         input, output = _encode(op, minted)
         indeterminate = op.outcome is Outcome.INDETERMINATE
-        if not indeterminate and op.completed_at is None:
-            raise ValueError(
-                f"operation {op.op_id} has outcome {op.outcome.value!r} but no completion "
-                "time; set completed_at or mark the outcome indeterminate"
-            )
         operations.append(
             Operation(
                 client_id=op.client,

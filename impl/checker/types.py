@@ -1,4 +1,5 @@
-"""Data types of the linearizability checker: operations, models, verdicts and results."""
+"""Data types of the linearizability checker: operations, models, verdicts, results and
+parsed history files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ import enum
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from osqueue.spec.cas import TokenPolicy
+from osqueue.spec.history import StoreOperation
+
+MODELS = ("cas-register", "kv", "object-store")
+"""Names of the models a history file can be written for."""
+HISTORY_DOCS = "docs/history-format.md"
+"""The document that describes the history formats, named in error messages."""
 
 
 class _Unknown:
@@ -74,7 +83,8 @@ class Model:
     States must be hashable and compare with ``==``, unless ``state_key`` maps them to a
     hashable key that does. ``partition(operations)``, when given, splits a history into
     independent sub-histories (for example one per key) that are checked alone: the history
-    is linearizable exactly when every part is.
+    is linearizable exactly when every part is. ``describe_part(first)`` names a part
+    (for example "key '7'") from its first operation in reports.
     """
 
     name: str
@@ -84,6 +94,7 @@ class Model:
     describe_operation: Callable[[Any, Any], str] = _describe_default
     describe_state: Callable[[Any], str] = repr
     state_key: Callable[[Any], Hashable] | None = None
+    describe_part: Callable[[Operation], str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +139,28 @@ class CheckResult:
     @property
     def passed(self) -> bool:
         return self.verdict is Verdict.LINEARIZABLE
+
+
+class HistoryFormatError(ValueError):
+    """A history file could not be parsed; the message names the file, line and fix."""
+
+
+@dataclass(slots=True)
+class ParsedHistory:
+    """Operations read from one file and the model they are meant for.
+
+    ``store_history`` contains the original records when the file is an object store history
+    (``model == "object-store"``), and ``policy`` its token policy from the header.
+    ``records`` counts the records (events or JSON lines) read, without the header, so an
+    empty history has ``records == 0``. It can exceed ``len(operations)``: a Jepsen
+    invocation and its completion make one operation, and object store operations with
+    outcome ``failed`` are left out.
+    """
+
+    operations: list[Operation]
+    model: str
+    format: str
+    policy: TokenPolicy | None = None
+    store_history: list[StoreOperation] | None = None
+    header: dict[str, Any] = field(default_factory=dict)
+    records: int = 0
