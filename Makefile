@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test bench lint clean
+.PHONY: venv browser run test bench lint clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 run: venv
 	$(BIN)/osqueue sim --seed 1 --out .osqueue-run
 
+# The status page test renders the broker's page in headless Chromium (Debian's package).
+# Installs it once; does nothing when /usr/bin/chromium exists.
+browser:
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
 # pytest exits 5 when it collected no tests; make treats that as a failure, as it should.
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest
 
 bench: venv

@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "osqueue.conformance.cli",
     "osqueue.checker.cli",
     "osqueue.sim.cli",
+    "osqueue.broker.cli",
+    "osqueue.client_cli",
 )
 
 
