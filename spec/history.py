@@ -194,13 +194,36 @@ def check_read_your_writes(
                         (write.op_id, read.op_id),
                     ))
                 elif read.outcome is Outcome.OK and read.token not in allowed and None not in allowed:
+                    producer = _producer_of(ops, read.token, policy)
                     violations.append(Violation(
                         "read-your-writes",
                         f"client {read.client} wrote {key!r} (token {write.token}) and then "
-                        f"read token {read.token}, which no later write produced",
-                        (write.op_id, read.op_id),
+                        f"read token {read.token}, which does not follow from token "
+                        f"{write.token} through any chain of writes that each presented the "
+                        "previous token"
+                        + ("" if producer is None else f" (op {producer.op_id} produced it)"),
+                        _op_ids(write, producer, read),
                     ))
     return violations
+
+
+def _producer_of(
+    ops: Sequence[StoreOperation], token: str | None, policy: TokenPolicy
+) -> StoreOperation | None:
+    """Return the first operation that gave the key ``token``, or None if none is known."""
+
+    if token is None:
+        return None
+    for op in ops:
+        if op.kind in (OpKind.WRITE, OpKind.CREATE) and _produced_token(op, policy) == token:
+            return op
+    return None
+
+
+def _op_ids(*ops: StoreOperation | None) -> tuple[int, ...]:
+    """Return the ids of ``ops`` in ascending (history) order, without None and repeats."""
+
+    return tuple(sorted({op.op_id for op in ops if op is not None}))
 
 
 def _successor_tokens(

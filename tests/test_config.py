@@ -297,3 +297,33 @@ def test_chosen_backend_logged(fake_s3: None, caplog: pytest.LogCaptureFixture) 
     messages = [record.getMessage() for record in caplog.records]
     assert any("backend=s3" in message and "queue-bucket" in message for message in messages)
     assert not any("secret" in message for message in messages)
+
+
+@pytest.mark.parametrize("bucket", ["b", "q1", "my.queue_bucket-2"])
+def test_short_bucket_names_accepted(bucket: str) -> None:
+    # Length limits differ between AWS and S3-compatible servers, so the server checks them.
+    settings = load_settings({"STORAGE_BACKEND": "s3", "S3_BUCKET": bucket})
+
+    assert settings.bucket == bucket
+
+
+@pytest.mark.parametrize("bucket", ["-bucket", "bucket.", "my bucket", "s3://b"])
+def test_bucket_message_states_rule(bucket: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"STORAGE_BACKEND": "s3", "S3_BUCKET": bucket})
+
+    message = str(raised.value)
+    assert message.startswith("S3_BUCKET: ")
+    assert "start and end with a letter or digit" in message
+    assert "'.', '-' and '_'" in message
+
+
+def test_validate_endpoint_url_names_option() -> None:
+    from osqueue.storage.config import validate_endpoint_url
+
+    with pytest.raises(ConfigError) as raised:
+        validate_endpoint_url("--endpoint-url", "user:pw@127.0.0.1:8333", "http://127.0.0.1:8333")
+
+    assert raised.value.name == "--endpoint-url"
+    assert "pw" not in str(raised.value)
+    assert validate_endpoint_url("--endpoint-url", "https://h:1", "x") == "https://h:1"

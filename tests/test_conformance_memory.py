@@ -209,7 +209,7 @@ def test_unique_tokens_declared_content_hash_fail() -> None:
     failure = report.results["conflict-detection"].failure
     assert report.violated == ("conflict-detection",)
     assert failure is not None
-    assert "declare token policy unique" in failure.message
+    assert "--token-policy unique" in failure.message
 
 
 def test_content_hash_declared_unique_fails() -> None:
@@ -225,7 +225,7 @@ def test_content_hash_declared_unique_fails() -> None:
     failure = report.results["atomic-cas"].failure
     assert report.violated == ("atomic-cas",)
     assert failure is not None
-    assert "declare token policy content-hash" in failure.message
+    assert "--token-policy content-hash" in failure.message
 
 
 def test_run_deletes_its_keys() -> None:
@@ -443,3 +443,246 @@ def _unwrapped(output: str) -> str:
 
     lines = [line.strip(" │╭╮╰╯─") for line in output.splitlines()]
     return " ".join(line for line in lines if line)
+
+
+def test_empty_guarantee_list_rejected() -> None:
+    with pytest.raises(ConfigError) as raised:
+        run_conformance(lambda prefix: MemoryBackend(ignore_preconditions=True), guarantees=[])
+
+    assert raised.value.name == "guarantees"
+    assert "is empty" in str(raised.value)
+
+
+def test_report_with_nothing_run_not_passed() -> None:
+    from osqueue.conformance import ConformanceReport, GuaranteeResult
+
+    skipped = {name: GuaranteeResult(name, Status.SKIPPED) for name in GUARANTEES}
+    report = ConformanceReport(
+        "memory", "p/", TokenPolicy.UNIQUE, "declared", skipped, (), 0.0, "none"
+    )
+
+    assert not report.passed
+    assert "no guarantee was checked" in report.render_text()
+
+
+def test_single_guarantee_string_accepted() -> None:
+    report = run_conformance(
+        lambda prefix: MemoryBackend(), guarantees="atomic-cas", examples=3, concurrency=None
+    )
+
+    assert report.passed
+    assert report.results["atomic-cas"].status is Status.PASS
+    assert report.results["read-your-writes"].status is Status.SKIPPED
+
+
+def test_unknown_async_backend_rejected() -> None:
+    with pytest.raises(ConfigError) as raised:
+        run_conformance(lambda prefix: MemoryBackend(), async_backend="curio")
+
+    assert raised.value.name == "async_backend"
+    assert "'curio'" in str(raised.value)
+    assert "'asyncio' or 'trio'" in str(raised.value)
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "//"])
+def test_empty_prefix_rejected(prefix: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        run_conformance(lambda prefix: MemoryBackend(), prefix=prefix)
+
+    assert raised.value.name == "prefix"
+    assert "no character other than '/'" in str(raised.value)
+
+
+def test_prefix_slashes_stripped() -> None:
+    seen: list[str] = []
+
+    def make(prefix: str) -> MemoryBackend:
+        seen.append(prefix)
+        return MemoryBackend()
+
+    run_conformance(make, prefix="/team/ci/", examples=2, concurrency=None)
+
+    assert seen[0].startswith("team/ci/run-")
+
+
+def test_single_burst_writer_rejected() -> None:
+    with pytest.raises(ConfigError, match="at least 2"):
+        ConcurrencyConfig(burst_writers=1)
+
+
+def test_default_burst_writers_three() -> None:
+    # docs/conformance.md says 4 or more racing writers are slow on SeaweedFS.
+    assert ConcurrencyConfig().burst_writers == 3
+
+
+class _InterruptingClock:
+    """A clock that raises KeyboardInterrupt on its ``limit``-th call, like Ctrl-C."""
+
+    def __init__(self, limit: int) -> None:
+        self.calls = 0
+        self.limit = limit
+
+    def __call__(self) -> float:
+        self.calls += 1
+        if self.calls == self.limit:
+            raise KeyboardInterrupt
+        return float(self.calls)
+
+
+def test_interrupt_cleans_up_and_notes_it() -> None:
+    backend = MemoryBackend()
+
+    with pytest.raises(KeyboardInterrupt) as raised:
+        # Call 1 starts the run, 2 and 3 time the first guarantee; 4 interrupts after it.
+        run_conformance(
+            _shared(backend), examples=3, concurrency=None, token_policy="unique",
+            clock=_InterruptingClock(4),
+        )
+
+    notes = raised.value.__notes__
+    assert len(notes) == 1
+    assert notes[0].startswith("Deleted the ")
+    assert backend.keys() == []
+
+
+class _MissingBucketBackend:
+    """Rejects every request the way an S3 backend does for a missing bucket."""
+
+    name = "missing-bucket"
+
+    def _error(self, key: str):
+        from osqueue.errors import StorageBackendError
+
+        return StorageBackendError(
+            f"request for 'p/{key}' failed: HTTP 404 NoSuchBucket; create the bucket",
+            key=key, retryable=False, status=404,
+        )
+
+    async def read(self, key: str):
+        raise self._error(key)
+
+    async def write(self, key: str, data: bytes, expected: StorageVersion):
+        raise self._error(key)
+
+    async def create_if_not_exists(self, key: str, data: bytes):
+        raise self._error(key)
+
+    async def delete(self, key: str) -> None:
+        raise self._error(key)
+
+
+def test_missing_bucket_error_printed_once(caplog) -> None:
+    with caplog.at_level("WARNING"):
+        result = runner.invoke(
+            app, ["conformance", "--backend", "tests.test_conformance_memory:missing_bucket"]
+        )
+
+    assert result.exit_code == 1, result.output
+    output = result.output
+    assert output.count("NoSuchBucket") == 1, output
+    assert "Clean-up deleted 0 of 1 key(s)" in output
+    assert "StorageBackendError (HTTP 404)" in output
+    assert not [record for record in caplog.records if "NoSuchBucket" in record.getMessage()]
+
+
+def missing_bucket(prefix: str) -> _MissingBucketBackend:
+    return _MissingBucketBackend()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "option", "message"),
+    [
+        (["--token-policy", "weird"], "--token-policy", "for example --token-policy unique"),
+        (["--guarantee", "nope"], "--guarantee", "for example --guarantee atomic-cas"),
+        (["--backend", "s3", "--bucket", "b", "--lying"], "--lying",
+         "for example --backend memory --lying"),
+        (["--backend", "s3", "--bucket", "b", "--endpoint-url", "127.0.0.1:8333"],
+         "--endpoint-url", "for example --endpoint-url http://127.0.0.1:8333"),
+        (["--backend", "gcs", "--bucket", "b", "--endpoint-url", "127.0.0.1:4443"],
+         "--endpoint-url", "for example --endpoint-url http://127.0.0.1:4443"),
+        (["--endpoint-url", "http://127.0.0.1:8333"], "--endpoint-url", "applies only to"),
+        (["--prefix", ""], "--prefix", "no character other than '/'"),
+        (["--prefix", "/"], "--prefix", "no character other than '/'"),
+        (["--burst-writers", "1"], "--burst-writers", "at least 2"),
+        (["--json", "/nonexistent/dir/r.json"], "--json", "does not exist"),
+        (["--history-dir", "/proc/nope"], "--history-dir", "cannot create the directory"),
+        (["--backend", "no_such_module_xyz:make"], "--backend", "PYTHONPATH"),
+    ],
+)
+def test_cli_errors_name_option(arguments: list[str], option: str, message: str) -> None:
+    result = runner.invoke(app, ["conformance", "--examples", "1", *arguments])
+
+    output = _unwrapped(result.output)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {option}" in output
+    assert message in output
+    assert "token_policy" not in output
+    assert "guarantees:" not in output
+    assert "--lying=" not in output
+    # Nothing ran: the options were rejected before the report.
+    assert "Guarantees" not in output
+
+
+def test_cli_json_directory_rejected(tmp_path) -> None:
+    result = runner.invoke(app, ["conformance", "--examples", "1", "--json", str(tmp_path)])
+
+    assert result.exit_code == 2, result.output
+    assert "is a directory" in _unwrapped(result.output)
+
+
+def test_python_dash_m_runs_cli() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "osqueue", "conformance", "--help"],
+        check=False, capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "--token-policy" in result.stdout
+
+
+def test_cli_sigint_reports_cleanup() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # A shell may start background jobs with SIGINT ignored, and Python keeps it so; the
+    # child therefore installs Python's own handler before it runs `python -m osqueue`.
+    child = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['osqueue', 'conformance', '--examples', '100000', '--no-concurrency', "
+        "'--token-policy', 'unique']; runpy.run_module('osqueue', run_name='__main__')"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        # Let the run get past start-up and into the sequential checks.
+        time.sleep(4)
+        # Python drops a KeyboardInterrupt raised inside a garbage-collector callback
+        # (Hypothesis installs one), so a single SIGINT is sometimes lost, as a single
+        # Ctrl-C is. Send it again until the process stops.
+        for _ in range(10):
+            process.send_signal(signal.SIGINT)
+            try:
+                stdout, stderr = process.communicate(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            raise AssertionError("the run did not stop after 10 SIGINTs")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, stdout + stderr
+    # A lost interrupt (see above) prints "Exception ignored in: ..." with its traceback
+    # first; the command's own output is the last two lines.
+    last_lines = stderr.splitlines()[-2:]
+    assert last_lines[0] == "interrupted", stderr
+    # Under load the interrupt may come before the first write.
+    assert last_lines[1].startswith(("Deleted the ", "The run created no objects")), stderr

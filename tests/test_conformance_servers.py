@@ -150,3 +150,35 @@ def test_cli_gcp_emulator_exits_nonzero(gcp_emulator_server, tmp_path) -> None:
     assert "no-lost-update" in record["violated"]
     assert record["results"]["atomic-cas"]["status"] == Status.FAIL.value
     assert record["results"]["read-your-writes"]["status"] == Status.SKIPPED.value
+
+
+@pytest.mark.s3
+def test_cli_missing_bucket_reported_once(seaweedfs_server) -> None:
+    environment = dict(os.environ)
+    environment["AWS_ACCESS_KEY_ID"] = seaweedfs_server.access_key_id
+    environment["AWS_SECRET_ACCESS_KEY"] = seaweedfs_server.secret_access_key
+
+    result = subprocess.run(
+        [
+            str(OSQUEUE), "conformance", "--backend", "s3",
+            "--endpoint-url", seaweedfs_server.endpoint_url,
+            "--bucket", "osqueue-no-such-bucket",
+            "--region", seaweedfs_server.region,
+            "--examples", "2",
+        ],
+        env=environment,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert output.count("NoSuchBucket") == 1, output
+    # The error names the full object name under the run's prefix.
+    assert "'osqueue-conformance/run-" in output
+    assert "/probe/policy'" in output
+    clean_up_lines = [line for line in output.splitlines() if line.startswith("Clean-up ")]
+    assert len(clean_up_lines) == 1, output
+    assert "Traceback" not in output

@@ -657,3 +657,39 @@ async def test_read_does_not_retry_403() -> None:
 def test_bad_bucket_name_rejected() -> None:
     with pytest.raises(ValueError, match="bucket"):
         GCSBackend("", client=FakeClient())
+
+
+@pytest.mark.anyio
+async def test_endpoint_password_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+
+    with caplog.at_level("DEBUG", logger="osqueue.storage.gcs"):
+        backend = GCSBackend(
+            "bucket", endpoint_url=f"http://user:g5-secret@127.0.0.1:{closed_port}", timeout=2
+        )
+        with pytest.raises(StorageBackendError) as caught:
+            await backend.write("queue.json", b"x", StorageVersion("gcs", 5))
+        await backend.aclose()
+
+    assert "GCS backend ready" in caplog.text
+    assert "***@127.0.0.1" in caplog.text
+    assert "g5-secret" not in caplog.text
+    assert "g5-secret" not in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_errors_name_full_object_name(caplog: pytest.LogCaptureFixture) -> None:
+    backend, _ = make_unit_backend(api_exceptions.Forbidden("denied"))
+
+    with caplog.at_level("WARNING", logger="osqueue.storage.gcs"):
+        with pytest.raises(StorageBackendError) as on_read:
+            await backend.read("queue.json")
+        with pytest.raises(StorageBackendError) as on_create:
+            await backend.create_if_not_exists("queue.json", b"x")
+
+    assert "'p/queue.json'" in str(on_read.value)
+    assert "'p/queue.json'" in str(on_create.value)
+    # The caller receives these errors; a WARNING as well would print each one twice.
+    assert caplog.records == []

@@ -729,3 +729,80 @@ def test_fixture_relaunches_exited_server(tmp_path: Path) -> None:
     assert len(launches) == s3_servers.START_ATTEMPTS
     assert "exited with code 3" in str(caught.value)
     assert "address already in use" in str(caught.value)
+
+
+# --- credentials and names in logs and messages ----------------------------------------------
+
+
+async def test_endpoint_password_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # The port is closed, so the request fails at connect and its error quotes the URL.
+    endpoint = f"http://user:s3cr3t-pw@127.0.0.1:{free_port()}"
+    session = boto3.session.Session(
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        region_name="us-east-1",
+    )
+
+    with caplog.at_level("DEBUG", logger="osqueue.storage.s3"):
+        backend = S3Backend(
+            "osqueue-test", endpoint_url=endpoint, session=session,
+            client_config=Config(connect_timeout=1, retries={"total_max_attempts": 1}),
+        )
+        with pytest.raises(StorageBackendError) as caught:
+            await backend.create_if_not_exists("queue.json", b"x")
+        await backend.aclose()
+
+    assert "S3 backend ready" in caplog.text
+    assert "***@127.0.0.1" in caplog.text
+    assert "s3cr3t-pw" not in caplog.text
+    assert "s3cr3t-pw" not in str(caught.value)
+
+
+async def test_error_names_full_object_name(stubbed: tuple[S3Backend, Stubber]) -> None:
+    _, stubber = stubbed
+    client = stubber.client
+    backend = S3Backend("osqueue-test", prefix="runs/run-1/", client=client)
+    stubber.add_client_error("put_object", service_error_code="NoSuchBucket", http_status_code=404)
+
+    with pytest.raises(StorageBackendError) as caught:
+        await backend.create_if_not_exists("probe/policy", b"x")
+
+    assert "'runs/run-1/probe/policy'" in str(caught.value)
+
+
+async def test_failed_request_not_logged_as_warning(
+    stubbed: tuple[S3Backend, Stubber], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The caller receives the error; a WARNING as well would print it twice.
+    backend, stubber = stubbed
+    stubber.add_client_error("put_object", service_error_code="NoSuchBucket", http_status_code=404)
+
+    with caplog.at_level("WARNING", logger="osqueue.storage.s3"), pytest.raises(
+        StorageBackendError
+    ):
+        await backend.create_if_not_exists("queue.json", b"x")
+
+    assert caplog.records == []
+
+
+async def test_missing_credentials_message_names_variables() -> None:
+    backend = S3Backend(
+        "osqueue-test", client=RaisingClient(botocore.exceptions.NoCredentialsError())
+    )
+
+    with pytest.raises(StorageBackendError) as caught:
+        await backend.create_if_not_exists("queue.json", b"x")
+
+    assert "AWS_ACCESS_KEY_ID" in str(caught.value)
+    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value)
+
+
+@pytest.mark.parametrize("data", [bytearray(b"x"), memoryview(b"x")], ids=["bytearray", "memoryview"])
+async def test_bytes_like_data_suggests_bytes(data: object) -> None:
+    backend = S3Backend("osqueue-test", client=RecordingClient())
+
+    with pytest.raises(InvalidDataError) as caught:
+        await backend.create_if_not_exists("queue.json", data)  # type: ignore[arg-type]
+
+    assert "bytes(value)" in str(caught.value)
+    assert "encode" not in str(caught.value)

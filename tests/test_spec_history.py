@@ -257,15 +257,47 @@ def test_read_absent_after_create_breaks_read_your_writes() -> None:
 
 def test_stale_read_breaks_read_your_writes() -> None:
     h = HistoryBuilder()
-    h.create("c1", 0, 1, Outcome.OK, A, "v1")
+    created = h.create("c1", 0, 1, Outcome.OK, A, "v1")
     written = h.write("c1", 2, 3, Outcome.OK, B, "v1", "v2")
     read = h.read("c1", 4, 5, "v1", A)
 
     violations = check_read_your_writes(h.ops, UNIQUE)
 
-    assert [violation.op_ids for violation in violations] == [(written, read)]
-    assert "which no later write produced" in violations[0].message
+    # The list names the write that produced the token read (the create), too.
+    assert [violation.op_ids for violation in violations] == [(created, written, read)]
+    assert "does not follow from token v2" in violations[0].message
+    assert f"op {created} produced it" in violations[0].message
     assert guarantees(check_history(h.ops, UNIQUE)) == {"read-your-writes"}
+
+
+def test_read_of_unchained_write_names_producer() -> None:
+    # c2's write produced v3 without presenting c1's token v2, so v3 does not follow from
+    # c1's write although a write did produce it.
+    h = HistoryBuilder()
+    h.create("c1", 0, 1, Outcome.OK, A, "v1")
+    written = h.write("c1", 2, 3, Outcome.OK, B, "v1", "v2")
+    other = h.write("c2", 2, 4, Outcome.OK, C, "v1", "v3")
+    read = h.read("c1", 5, 6, "v3", C)
+
+    violations = check_read_your_writes(h.ops, UNIQUE)
+
+    assert [violation.op_ids for violation in violations] == [(written, other, read)]
+    message = violations[0].message
+    assert "read token v3" in message
+    assert "through any chain of writes that each presented the previous token" in message
+    assert f"op {other} produced it" in message
+    assert "no later write produced" not in message
+
+
+def test_read_of_unknown_token_names_no_producer() -> None:
+    h = HistoryBuilder()
+    written = h.create("c1", 0, 1, Outcome.OK, A, "v1")
+    read = h.read("c1", 2, 3, "v9", A)
+
+    violations = check_read_your_writes(h.ops, UNIQUE)
+
+    assert [violation.op_ids for violation in violations] == [(written, read)]
+    assert "produced it" not in violations[0].message
 
 
 def test_stale_read_by_other_client_allowed() -> None:

@@ -14,8 +14,10 @@ from typing import Any
 
 from osqueue.errors import ConfigError
 from osqueue.spec.cas import TokenPolicy
+from osqueue.storage.config import validate_endpoint_url
 
 BUILT_IN = ("memory", "s3", "gcs")
+ENDPOINT_EXAMPLES = {"s3": "http://127.0.0.1:8333", "gcs": "http://127.0.0.1:4443"}
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,11 @@ class BackendOptions:
 
 
 def resolve_factory(options: BackendOptions) -> Callable[[str], Any]:
-    """Return a factory for ``options.backend``; raise ``ConfigError`` naming a bad value."""
+    """Return a factory for ``options.backend``; raise ``ConfigError`` naming a bad value.
+
+    The ``ConfigError`` names the CLI option (``--endpoint-url``, ``--lying``, ...). Its
+    example is the whole option as typed, such as ``--backend memory --lying``.
+    """
 
     name = options.backend.strip()
     if options.lying and name != "memory":
@@ -42,6 +48,8 @@ def resolve_factory(options: BackendOptions) -> Callable[[str], Any]:
             "memory backend",
             "--backend memory --lying",
         )
+    if options.endpoint_url is not None:
+        _validate_endpoint(name, options.endpoint_url)
     if name == "memory":
         return _memory_factory(options)
     if name == "s3":
@@ -53,7 +61,7 @@ def resolve_factory(options: BackendOptions) -> Callable[[str], Any]:
     raise ConfigError(
         "--backend",
         f"unknown backend {name!r}; use one of {', '.join(BUILT_IN)} or module:factory",
-        "memory",
+        "--backend memory",
     )
 
 
@@ -70,12 +78,27 @@ def _memory_factory(options: BackendOptions) -> Callable[[str], Any]:
     return make
 
 
+def _validate_endpoint(backend: str, endpoint_url: str) -> None:
+    example = ENDPOINT_EXAMPLES.get(backend)
+    if example is None:
+        raise ConfigError(
+            "--endpoint-url",
+            f"applies only to --backend s3 or gcs, not {backend!r}; drop it or configure "
+            "the endpoint in your factory",
+            "--backend s3 --endpoint-url http://127.0.0.1:8333",
+        )
+    try:
+        validate_endpoint_url("--endpoint-url", endpoint_url, example)
+    except ConfigError as error:
+        raise ConfigError(error.name, error.problem, f"--endpoint-url {example}") from None
+
+
 def _require_bucket(options: BackendOptions) -> str:
     if not options.bucket:
         raise ConfigError(
             "--bucket",
             f"is required with --backend {options.backend}",
-            "my-test-bucket",
+            "--bucket my-test-bucket",
         )
     return options.bucket
 
@@ -114,7 +137,7 @@ def load_module_factory(spec: str) -> Callable[[str], Any]:
         raise ConfigError(
             "--backend",
             f"{spec!r} is not of the form module:factory",
-            "mypackage.storage:make_backend",
+            "--backend mypackage.storage:make_backend",
         )
     try:
         module = importlib.import_module(module_name)
@@ -122,8 +145,10 @@ def load_module_factory(spec: str) -> Callable[[str], Any]:
         raise ConfigError(
             "--backend",
             f"cannot import module {module_name!r} from {spec!r} ({error}); check the module "
-            "path and that the package is installed in this environment",
-            "mypackage.storage:make_backend",
+            "path, and install the package in this environment or add the directory that "
+            f"contains it to PYTHONPATH (for example PYTHONPATH=. when {module_name!r} is in "
+            "the current directory)",
+            "--backend mypackage.storage:make_backend",
         ) from error
 
     factory: Any = module
@@ -134,13 +159,13 @@ def load_module_factory(spec: str) -> Callable[[str], Any]:
                 "--backend",
                 f"module {module_name!r} has no attribute {attribute!r}; name a function "
                 "that takes the prefix and returns a StorageBackend",
-                f"{module_name}:make_backend",
+                f"--backend {module_name}:make_backend",
             )
     if not callable(factory):
         raise ConfigError(
             "--backend",
             f"{spec!r} names a {type(factory).__name__}, which is not callable; name a "
             "function that takes the prefix and returns a StorageBackend",
-            f"{module_name}:make_backend",
+            f"--backend {module_name}:make_backend",
         )
     return factory

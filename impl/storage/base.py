@@ -104,10 +104,11 @@ def validate_data(data: object) -> bytes:
     """Return ``data`` if it is ``bytes``, else raise ``InvalidDataError``."""
 
     if not isinstance(data, bytes):
-        raise InvalidDataError(
-            f"object data must be bytes, got {type(data).__name__}; "
-            "encode text first, for example value.encode('utf-8')"
-        )
+        if isinstance(data, bytearray | memoryview):
+            fix = "convert it first, for example bytes(value)"
+        else:
+            fix = "encode text first, for example value.encode('utf-8')"
+        raise InvalidDataError(f"object data must be bytes, got {type(data).__name__}; {fix}")
     return data
 
 

@@ -42,9 +42,10 @@ BACKENDS = ("memory", "s3", "gcs")
 
 _BUCKET_EXAMPLE = "my-queue-bucket"
 # Bucket names of S3 and GCS (including legacy S3 names with capitals) use this alphabet.
-# The services enforce the finer rules (length, dots, reserved prefixes), so this check
-# only catches values that are clearly not a bucket name, such as a URL or a path.
-_BUCKET_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]")
+# This check only catches values that are clearly not a bucket name, such as a URL or a
+# path. Length is left to the server: AWS and GCS require 3 to 63 characters, but
+# S3-compatible servers set their own limits, so a shorter name fails only when used.
+_BUCKET_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,13 +217,27 @@ def describe_settings(settings: StorageSettings) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any user name and password replaced by ``***``."""
+    """Return ``url`` with any user name and password replaced by ``***``.
 
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+    A value without a scheme (``user:pw@host:port``) is redacted too, because it is what
+    an invalid-URL message would otherwise print.
+    """
+
+    return _USERINFO.sub(lambda match: f"{match.group(1) or ''}***@", url, count=1)
+
+
+def redact_text(text: str) -> str:
+    """Return ``text`` with the user information of each ``scheme://user:pw@`` URL redacted.
+
+    Meant for SDK error messages, which quote the request URL.
+    """
+
+    return _EMBEDDED_USERINFO.sub(r"\1***@", text)
+
+
+_EMBEDDED_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@")
+# An optional scheme, then user information: everything up to the first '@' before any '/'.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@")
 
 
 def _summary(settings: StorageSettings) -> str:
@@ -260,8 +275,8 @@ def _bucket(env: Mapping[str, str], name: str) -> str:
     if not _BUCKET_PATTERN.fullmatch(value):
         raise ConfigError(
             name,
-            f"{value!r} is not a bucket name, which has only letters, digits, '.', '-' and "
-            "'_' and no scheme or path",
+            f"{value!r} is not a bucket name: use only letters, digits, '.', '-' and '_', "
+            "start and end with a letter or digit, and leave out any scheme or path",
             _BUCKET_EXAMPLE,
         )
     return value
@@ -295,6 +310,16 @@ def _url(env: Mapping[str, str], name: str, example: str) -> str | None:
     value = _get(env, name)
     if value is None:
         return None
+    return validate_endpoint_url(name, value, example)
+
+
+def validate_endpoint_url(name: str, value: str, example: str) -> str:
+    """Return ``value`` if it is an http or https URL with a host and a valid port.
+
+    Raises ``ConfigError`` under ``name`` (a variable or an option such as
+    ``--endpoint-url``); the message shows the URL with its credentials redacted.
+    """
+
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(

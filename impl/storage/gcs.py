@@ -41,6 +41,7 @@ from osqueue.storage.base import (
     validate_key,
     validate_version,
 )
+from osqueue.storage.config import redact_text, redact_url
 from urllib3.exceptions import NewConnectionError
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,10 @@ def _make_client(project: str | None, endpoint_url: str | None) -> storage.Clien
     return storage.Client(project=project)
 
 
+def _redacted(url: str | None) -> str | None:
+    return None if url is None else redact_url(url)
+
+
 class GCSBackend:
     """A ``StorageBackend`` on one GCS bucket; version tokens are object generations.
 
@@ -214,7 +219,7 @@ class GCSBackend:
             "GCS backend ready: bucket=%s prefix=%r endpoint=%s",
             bucket,
             prefix,
-            getattr(self._client, "api_endpoint", None),
+            _redacted(getattr(self._client, "api_endpoint", None)),
         )
 
     def __repr__(self) -> str:
@@ -318,8 +323,9 @@ class GCSBackend:
             self._warned_missing_generation = True
             logger.warning(
                 "server at %s sends no x-goog-generation header on downloads; reads of "
-                "bucket %s take three requests each",
-                self._client._connection.API_BASE_URL,
+                "bucket %s take four requests each (the download, then metadata, a download "
+                "of that generation and metadata again)",
+                _redacted(self._client._connection.API_BASE_URL),
                 self.bucket_name,
             )
 
@@ -419,10 +425,12 @@ class GCSBackend:
         if not isinstance(error, _REQUEST_ERRORS):
             raise error
         retryable = _is_transient(error) or isinstance(error, api_exceptions.RetryError)
-        logger.warning("%s of %r failed: %s: %s", operation, key, type(error).__name__, error)
+        detail = redact_text(str(error))
+        # INFO, not WARNING: the caller receives the error and decides whether to report it.
+        logger.info("%s of %r failed: %s: %s", operation, key, type(error).__name__, detail)
         raise StorageBackendError(
-            f"{operation} of {key!r} in bucket {self.bucket_name!r} failed: "
-            f"{type(error).__name__}: {error}",
+            f"{operation} of {self.prefix + key!r} in bucket {self.bucket_name!r} failed: "
+            f"{type(error).__name__}: {detail}",
             key=key,
             retryable=retryable,
             status=status if isinstance(status, int) else None,
@@ -435,27 +443,29 @@ class GCSBackend:
             self._raise_write_status(key, name, operation, generation, error)
 
         if _connection_not_opened(error):
-            logger.warning("%s of %r not sent, no connection: %s", operation, key, error)
+            detail = redact_text(str(error))
+            logger.info("%s of %r not sent, no connection: %s", operation, key, detail)
             raise StorageBackendError(
-                f"{operation} of {key!r} was not sent because no connection could be opened: "
-                f"{error}; retry later",
+                f"{operation} of {name!r} in bucket {self.bucket_name!r} was not sent because "
+                f"no connection could be opened: {detail}; retry later",
                 key=key,
                 retryable=True,
             ) from error
 
         if isinstance(error, auth_exceptions.TransportError | auth_exceptions.RefreshError):
             # Credentials are refreshed before the upload request is sent.
-            logger.warning("%s of %r not sent, credential refresh failed", operation, key)
+            logger.info("%s of %r not sent, credential refresh failed", operation, key)
             raise StorageBackendError(
-                f"{operation} of {key!r} was not sent because fetching credentials failed: "
+                f"{operation} of {name!r} was not sent because fetching credentials failed: "
                 f"{type(error).__name__}",
                 key=key,
                 retryable=isinstance(error, auth_exceptions.TransportError),
             ) from error
 
         if _is_transient(error):
-            logger.warning("%s of %r has an unknown outcome: %s", operation, key, error)
-            raise IndeterminateWriteError(key, f"{type(error).__name__}: {error}") from error
+            detail = redact_text(str(error))
+            logger.warning("%s of %r has an unknown outcome: %s", operation, key, detail)
+            raise IndeterminateWriteError(key, f"{type(error).__name__}: {detail}") from error
 
         raise error
 
@@ -494,10 +504,10 @@ class GCSBackend:
             logger.warning("%s of %r failed with HTTP %d, outcome unknown", operation, key, status)
             raise IndeterminateWriteError(key, f"HTTP {status}: {error.message}") from error
 
-        logger.warning("%s of %r failed with %s: %s", operation, key, status, error.message)
+        logger.info("%s of %r failed with %s: %s", operation, key, status, error.message)
         hint = "check that the bucket exists" if status == 404 else "check bucket and permissions"
         raise StorageBackendError(
-            f"{operation} of {key!r} in bucket {self.bucket_name!r} failed with HTTP {status}: "
+            f"{operation} of {name!r} in bucket {self.bucket_name!r} failed with HTTP {status}: "
             f"{error.message}; {hint}",
             key=key,
             retryable=False,

@@ -44,6 +44,7 @@ from osqueue.storage.base import (
     validate_key,
     validate_version,
 )
+from osqueue.storage.config import redact_text, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +151,12 @@ class S3Backend:
             )
             self._owns_clients = True
 
+        # The endpoint may carry user information; it never reaches the log.
         logger.info(
             "S3 backend ready: bucket=%s prefix=%r endpoint=%s",
             self.bucket,
             self.prefix,
-            endpoint_url or "(AWS default)",
+            "(AWS default)" if endpoint_url is None else redact_url(endpoint_url),
         )
 
     async def read(self, key: str) -> ReadResult | None:
@@ -314,7 +316,9 @@ class S3Backend:
         try:
             current = self._read_sync(key, self.prefix + key)
         except StorageBackendError as error:
-            logger.warning("write to %r got HTTP 412 and the follow-up read failed: %s", key, error)
+            logger.warning(
+                "write to %r got HTTP 412 and the follow-up read failed: %s", key, error
+            )
             if not error.retryable:
                 # SeaweedFS returns 412 even for a missing bucket, and the read error
                 # names the cause.
@@ -352,24 +356,30 @@ class S3Backend:
 
         if isinstance(error, _NOT_SENT_ERRORS):
             return self._failed("write", key, error)
+        detail = redact_text(str(error))
         logger.warning(
-            "conditional write to %r failed after sending: %s; outcome unknown", key, error
+            "conditional write to %r failed after sending: %s; outcome unknown", key, detail
         )
         return IndeterminateWriteError(
-            key, f"{type(error).__name__}: {error}; the server may have applied the write"
+            key, f"{type(error).__name__}: {detail}; the server may have applied the write"
         )
 
     def _failed(
         self, operation: str, key: str, error: ClientError | BotoCoreError
     ) -> StorageBackendError:
-        """Build the StorageBackendError for a request that certainly changed nothing."""
+        """Build the StorageBackendError for a request that certainly changed nothing.
 
+        The message names the full object name (prefix and key). The error is logged at
+        INFO only, because the caller receives it and decides whether to report it.
+        """
+
+        name = self.prefix + key
         if isinstance(error, ClientError):
             code, status = _error_code(error), _status(error)
             retries = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             retryable = status is not None and (status >= 500 or status in _RETRYABLE_4XX)
             message = (
-                f"{operation} of {key!r} in bucket {self.bucket!r} failed: HTTP {status} {code}"
+                f"{operation} of {name!r} in bucket {self.bucket!r} failed: HTTP {status} {code}"
             )
             if code == _MISSING_BUCKET:
                 message += "; create the bucket or fix the bucket name"
@@ -378,11 +388,17 @@ class S3Backend:
         else:
             status, retries = None, None
             retryable = not isinstance(error, (*_CREDENTIAL_ERRORS, ParamValidationError))
-            message = f"{operation} of {key!r} in bucket {self.bucket!r} failed: {error}"
+            message = (
+                f"{operation} of {name!r} in bucket {self.bucket!r} failed: "
+                f"{redact_text(str(error))}"
+            )
             if isinstance(error, _CREDENTIAL_ERRORS):
-                message += "; configure AWS credentials for this client"
+                message += (
+                    "; configure AWS credentials for this client (for a local server, set "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                )
 
-        logger.warning("%s (retryable=%s, SDK retries=%s)", message, retryable, retries)
+        logger.info("%s (retryable=%s, SDK retries=%s)", message, retryable, retries)
         return StorageBackendError(message, key=key, retryable=retryable, status=status)
 
 
