@@ -1,9 +1,12 @@
 """The group-commit engine: the one writer of ``queue.json`` while its broker leads.
 
-Callers ``submit`` mutations. A single writer task takes everything pending as one batch,
-applies it to the last known state, and writes the result with a compare-and-swap.
-Mutations submitted while a write is in flight wait and join the next batch, so there is
-never more than one write in flight.
+Callers ``submit`` mutations, or ``submit_many`` lists of mutations that must land in the
+same commit. A single writer task takes everything pending as one batch, applies it to the
+last known state, and writes the result with a compare-and-swap. Mutations submitted while
+a write is in flight wait and join the next batch, so there is never more than one write in
+flight. Each caller waits on a waiter of its own event loop's cheapest kind (an
+``asyncio.Future``, or a direct reschedule of the trio task), which the writer settles
+after the commit.
 
 Exactly-once commit protocol
 ----------------------------
@@ -47,13 +50,15 @@ epoch. On reading anything else it steps down: the batch and every pending mutat
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import math
 import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -72,14 +77,13 @@ from osqueue.errors import (
     OsqueueError,
     StorageBackendError,
 )
-from osqueue.mutations import DEFAULT_RECENT_COMMITS, apply_batch
+from osqueue.mutations import DEFAULT_RECENT_COMMITS, EncodedEnqueue, apply_batch
 from osqueue.spec import queue as spec
 from osqueue.state import (
     DEFAULT_KEY,
     BrokerRecord,
     QueueState,
     decode_state,
-    encode_payload,
     encode_state,
 )
 from osqueue.storage.base import StorageBackend, StorageVersion
@@ -240,32 +244,198 @@ class EngineStats:
         }
 
 
+# Mutations of these exact types weigh 1 and go to the writer as they are.
+_UNWEIGHTED_MUTATIONS = frozenset({spec.Claim, spec.Heartbeat, spec.Complete, spec.Fail})
+
+
 # ----------------------------------------------------------------------------------------
-# Pending mutations and write attempts
+# Waiting callers and write attempts
 # ----------------------------------------------------------------------------------------
+#
+# Every ``submit`` or ``submit_many`` call queues two things: an entry, which is what the
+# writer applies, and a waiter, which the caller awaits and the writer settles. An entry is
+# one mutation (an ``EncodedEnqueue`` in place of an ``Enqueue``), or for ``submit_many`` a
+# list of them, whose result is then the list of their results.
+#
+# A waiter has the interface of ``asyncio.Future`` that the writer needs: ``done()``,
+# ``set_result`` and ``set_exception``. Under asyncio it is a future of the running loop;
+# the other event loops get the classes below. A waiter is made and settled once per call,
+# so it is the loop's cheapest primitive rather than an ``anyio.Event`` plus a separate
+# record of the call. ``done()`` is also true for a waiter whose caller was cancelled while
+# waiting, and the writer then leaves it alone.
 
 
-class _Pending:
-    """One submitted mutation and the slot its caller waits on."""
+class _TrioWaiter:
+    """A waiter that reschedules the waiting trio task directly (``trio.lowlevel``)."""
 
-    __slots__ = ("done", "error", "mutation", "result", "weight")
+    __slots__ = ("_abandoned", "_outcome", "_task")
 
-    def __init__(self, mutation: spec.Mutation, weight: int) -> None:
-        self.mutation = mutation
-        self.weight = weight
-        self.done = anyio.Event()
-        self.result: spec.Result | None = None
-        self.error: BaseException | None = None
+    # trio and outcome are imported by _waiter_factory when the engine starts under trio,
+    # so that asyncio users need neither.
+    trio: Any = None
+    outcome: Any = None
 
-    def succeed(self, result: spec.Result) -> None:
-        if not self.done.is_set():
-            self.result = result
-            self.done.set()
+    def __init__(self) -> None:
+        self._task: Any = None
+        self._outcome: Any = None
+        self._abandoned = False
+
+    def done(self) -> bool:
+        return self._outcome is not None or self._abandoned
+
+    def set_result(self, result: Any) -> None:
+        self._settle(self.outcome.Value(result))
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle(self.outcome.Error(error))
+
+    def _settle(self, value: Any) -> None:
+        if self.done():
+            return
+        self._outcome = value
+        if self._task is not None:
+            self.trio.lowlevel.reschedule(self._task, value)
+
+    def _abort(self, raise_cancel: Any) -> Any:
+        self._abandoned = True
+        return self.trio.lowlevel.Abort.SUCCEEDED
+
+    async def _wait(self) -> Any:
+        if self._outcome is not None:
+            await self.trio.lowlevel.checkpoint()
+            return self._outcome.unwrap()
+        self._task = self.trio.lowlevel.current_task()
+        return await self.trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait().__await__()
+
+
+class _EventWaiter:
+    """A waiter built on ``anyio.Event``, for an event loop without a faster primitive."""
+
+    __slots__ = ("_error", "_event", "_result", "_settled")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._settled = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._settled
+
+    def set_result(self, result: Any) -> None:
+        if not self._settled:
+            self._settled = True
+            self._result = result
+            self._event.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._settled:
+            self._settled = True
+            self._error = error
+            self._event.set()
+
+    async def _wait(self) -> Any:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait().__await__()
+
+
+def _waiter_factory(library: str | None) -> Callable[[], Any]:
+    """Return the constructor of waiters for ``library``, the running event loop."""
+
+    if library == "asyncio":
+        loop = asyncio.get_running_loop()
+        if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+            # The same future that method returns, without the Python method call.
+            return functools.partial(asyncio.Future, loop=loop)
+        return loop.create_future
+    if library == "trio":
+        import outcome
+        import trio
+        import trio.lowlevel
+
+        _TrioWaiter.trio = trio
+        _TrioWaiter.outcome = outcome
+        return _TrioWaiter
+    return _EventWaiter
+
+
+def _current_async_library() -> str | None:
+    try:
+        import sniffio
+    except ModuleNotFoundError:
+        sniffio = None
+    if sniffio is not None:
+        try:
+            return sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            return None
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return "asyncio"
+
+
+def _weight(entry: Any) -> int:
+    """Return the weight of an entry: jobs of enqueues count individually."""
+
+    if type(entry) is list:
+        return sum(_weight(item) for item in entry)
+    if type(entry) is EncodedEnqueue:
+        return len(entry.enqueue.jobs)
+    return 1
+
+
+@dataclass(slots=True)
+class _Calls:
+    """The calls of one batch: ``entries[i]`` is applied for the caller of ``waiters[i]``."""
+
+    entries: list[Any]
+    waiters: list[Any]
+
+    def mutations(self) -> list[Any]:
+        """Return the mutations in order, those of ``submit_many`` calls inline."""
+
+        mutations: list[Any] = []
+        append = mutations.append
+        for entry in self.entries:
+            if type(entry) is list:
+                mutations.extend(entry)
+            else:
+                append(entry)
+        return mutations
+
+    def succeed(self, results: list[spec.Result]) -> None:
+        """Give every caller its results (``results`` is in the order of ``mutations``)."""
+
+        position = 0
+        for entry, waiter in zip(self.entries, self.waiters, strict=True):
+            if type(entry) is list:
+                end = position + len(entry)
+                result: Any = results[position:end]
+                position = end
+            else:
+                result = results[position]
+                position += 1
+            if not waiter.done():
+                waiter.set_result(result)
+        if position != len(results):
+            raise AssertionError(f"{len(results)} results for {position} mutations")
 
     def fail(self, error: BaseException) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
+        """Give every caller that has no result yet ``error``."""
+
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,8 +512,18 @@ class GroupCommitEngine:
         self._renewed_at = -math.inf
         self._last_commit_loop_time = 0.0
 
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Any] = deque()
+        """Entries of the calls waiting for the next batch, oldest first."""
+        self._waiters: deque[Any] = deque()
+        """Waiters of the same calls, in the same order."""
+        self._pending_count = 0
+        """Mutations in ``_pending`` (a ``submit_many`` call adds all of its own)."""
+        self._pending_weight = 0
+        """Total weight of ``_pending``."""
+        self._new_waiter: Callable[[], Any] = _EventWaiter
         self._wake = anyio.Event()
+        self._writer_idle = False
+        """True while the writer waits on ``_wake`` for work."""
         self._stopping = False
         self._closed: BaseException | None = None
         self._writer_done = anyio.Event()
@@ -386,6 +566,7 @@ class GroupCommitEngine:
         self._renewed_at = leadership.state.broker.heartbeat_at
         self._last_commit_loop_time = anyio.current_time()
 
+        self._new_waiter = _waiter_factory(_current_async_library())
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._run_writer)
@@ -429,65 +610,134 @@ class GroupCommitEngine:
 
         Returns a ``spec.queue`` result; a mutation that the queue rejects (unknown job,
         stale claim token, duplicate id, state too large) returns ``Rejected``. Raises
-        ``TypeError`` or ``ValueError`` for a mutation that cannot be committed at all, ``NotLeaderError``,
-        ``EngineStoppedError``, ``CommitFailedError`` (not applied) or
-        ``CommitIndeterminateError`` (outcome unknown).
+        ``TypeError`` or ``ValueError`` for a mutation that cannot be committed at all,
+        ``NotLeaderError``, ``EngineStoppedError``, ``EngineOverloadedError``,
+        ``CommitFailedError`` (not applied) or ``CommitIndeterminateError`` (outcome
+        unknown).
 
         NOTE: cancelling the caller does not withdraw the mutation; it may still be
         committed.
         """
 
-        pending = self._prepare(mutation)
-        self._pending.append(pending)
-        self._wake.set()
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        if (
+            type(mutation) in _UNWEIGHTED_MUTATIONS
+            and self._closed is None
+            and not self._stopping
+            and self._epoch is not None
+            and self._pending_count < self.config.max_pending
+        ):
+            # The common case, inline because it runs once per mutation: a running engine
+            # with room, and a mutation that needs no encoding (see _enqueue_call).
+            waiter = self._new_waiter()
+            self._pending.append(mutation)
+            self._waiters.append(waiter)
+            self._pending_count += 1
+            self._pending_weight += 1
+            if self._writer_idle:
+                self._writer_idle = False
+                self._wake.set()
+            return await waiter
+
+        self._check_accepting(1)
+        entry, weight = self._prepare(mutation)
+        waiter = self._new_waiter()
+        self._enqueue_call(entry, waiter, 1, weight)
+        return await waiter
+
+    async def submit_many(self, mutations: Sequence[spec.Mutation]) -> list[spec.Result]:
+        """Commit ``mutations`` in one batch and return their results, in order.
+
+        The mutations are applied in the given order, next to each other, in the same
+        commit: they land together or not at all, and the caller waits once for all of
+        them. Each gets its own result, as from ``submit`` (a rejected one does not stop
+        the others). Their total weight (every job of an enqueue counts 1, every other
+        mutation 1) must be at most ``max_batch_size``. Raises the errors of ``submit``
+        for the whole list; ``CommitIndeterminateError`` means that all of them or none
+        were committed. An empty list returns an empty list without a commit.
+
+        NOTE: cancelling the caller does not withdraw the mutations; they may still be
+        committed.
+        """
+
+        if not isinstance(mutations, (list, tuple)):
+            mutations = list(mutations)
+        self._check_accepting(len(mutations))
+        if not mutations:
+            return []
+        prepared = []
+        total = 0
+        for mutation in mutations:
+            if type(mutation) in _UNWEIGHTED_MUTATIONS:
+                prepared.append(mutation)
+                total += 1
+            else:
+                item, weight = self._prepare(mutation)
+                prepared.append(item)
+                total += weight
+        if total > self.config.max_batch_size:
+            raise ValueError(
+                f"submit_many of {len(mutations)} mutations has weight {total} (jobs of "
+                f"enqueues count individually), more than max_batch_size "
+                f"{self.config.max_batch_size}; split it into smaller calls"
+            )
+        waiter = self._new_waiter()
+        self._enqueue_call(prepared, waiter, len(prepared), total)
+        return await waiter
 
     async def enqueue(self, job_type: str, payload: Any = None, **options: Any) -> spec.Result:
         """Enqueue one job; ``options`` are ``max_attempts`` and ``id`` of ``NewJob``."""
 
         return await self.submit(spec.Enqueue.one(job_type, payload, **options))
 
-    def _prepare(self, mutation: spec.Mutation) -> _Pending:
+    def _check_accepting(self, count: int) -> None:
+        """Raise unless the engine runs and has room for ``count`` more mutations."""
+
         if self._closed is not None:
             raise self._closed
         if self._stopping or self._epoch is None:
             raise EngineStoppedError(
                 f"engine {self.address!r} is not running; start it with 'async with engine'")
+        if self._pending_count + count > self.config.max_pending:
+            raise EngineOverloadedError(
+                f"{self._pending_count} mutations are waiting, the maximum is "
+                f"{self.config.max_pending}; retry later or raise max_pending"
+            )
+
+    def _prepare(self, mutation: spec.Mutation) -> tuple[spec.Mutation | EncodedEnqueue, int]:
+        """Validate ``mutation``; return what the writer applies and its weight."""
+
         if not isinstance(mutation, spec.MUTATION_TYPES):
             raise TypeError(
                 f"not a queue mutation: {mutation!r}; use Enqueue, Claim, Heartbeat, Complete "
                 "or Fail from osqueue.spec.queue"
             )
-        if len(self._pending) >= self.config.max_pending:
-            raise EngineOverloadedError(
-                f"{len(self._pending)} mutations are waiting, the maximum is "
-                f"{self.config.max_pending}; retry later or raise max_pending"
+        if not isinstance(mutation, spec.Enqueue):
+            return mutation, 1
+        weight = len(mutation.jobs)
+        if weight > self.config.max_batch_size:
+            raise ValueError(
+                f"an enqueue of {weight} jobs exceeds max_batch_size "
+                f"{self.config.max_batch_size}; split it into smaller enqueues"
             )
+        # Encode payloads once here, so a bad payload fails its caller alone.
+        return EncodedEnqueue.encode(mutation), weight
 
-        weight = 1
-        if isinstance(mutation, spec.Enqueue):
-            weight = len(mutation.jobs)
-            if weight > self.config.max_batch_size:
-                raise ValueError(
-                    f"an enqueue of {weight} jobs exceeds max_batch_size "
-                    f"{self.config.max_batch_size}; split it into smaller enqueues"
-                )
-            # Encode payloads once here, so a bad payload fails its caller alone.
-            jobs = tuple(
-                spec.NewJob(job.type, encode_payload(job.payload), job.max_attempts, job.id)
-                for job in mutation.jobs
-            )
-            mutation = spec.Enqueue(jobs)
-        return _Pending(mutation, weight)
+    def _enqueue_call(self, entry: Any, waiter: Any, count: int, weight: int) -> None:
+        # The caller checked that the engine accepts mutations, with no await since, so the
+        # writer is still running and will settle this call.
+        self._pending.append(entry)
+        self._waiters.append(waiter)
+        self._pending_count += count
+        self._pending_weight += weight
+        if self._writer_idle:
+            # Only the first mutation after the writer went idle needs to wake it.
+            self._writer_idle = False
+            self._wake.set()
 
     # Writer -----------------------------------------------------------------------------
 
     async def _run_writer(self) -> None:
-        batch: list[_Pending] = []
+        batch: _Calls | None = None
         terminal: BaseException = EngineStoppedError(
             f"engine {self.address!r} stopped before the mutation was written; it was not "
             "applied")
@@ -501,7 +751,7 @@ class GroupCommitEngine:
                     batch = self._take_batch()
                     self._in_doubt = False
                     await self._commit(batch)
-                    batch = []
+                    batch = None
         except _Fatal as fatal:
             terminal = fatal.error
             logger.error("engine %r stopped: %s", self.address, fatal.error)
@@ -516,10 +766,13 @@ class GroupCommitEngine:
                 in_flight_error = CommitIndeterminateError(
                     f"engine {self.address!r} stopped ({terminal}) while a write of this "
                     "batch may have landed; its outcome is unknown")
-            for pending in batch:
-                pending.fail(in_flight_error)
-            while self._pending:
-                self._pending.popleft().fail(terminal)
+            if batch is not None:
+                batch.fail(in_flight_error)
+            _Calls(list(self._pending), list(self._waiters)).fail(terminal)
+            self._pending.clear()
+            self._waiters.clear()
+            self._pending_count = 0
+            self._pending_weight = 0
             self._writer_done.set()
             logger.info("engine %r writer exited", self.address)
 
@@ -529,19 +782,38 @@ class GroupCommitEngine:
             delay = due - anyio.current_time()
             if delay <= 0:
                 return
-            with anyio.move_on_after(delay):
-                await self._wake.wait()
+            self._writer_idle = True
+            try:
+                with anyio.move_on_after(delay):
+                    await self._wake.wait()
+            finally:
+                self._writer_idle = False
             self._wake = anyio.Event()
 
-    def _take_batch(self) -> list[_Pending]:
-        batch: list[_Pending] = []
+    def _take_batch(self) -> _Calls:
+        if self._pending_weight <= self.config.max_batch_size:
+            batch = _Calls(list(self._pending), list(self._waiters))
+            self._pending.clear()
+            self._waiters.clear()
+            self._pending_count = 0
+            self._pending_weight = 0
+            return batch
+
+        batch = _Calls([], [])
         weight = 0
+        count = 0
+        limit = self.config.max_batch_size
         while self._pending:
-            following = self._pending[0]
-            if batch and weight + following.weight > self.config.max_batch_size:
+            following = _weight(self._pending[0])
+            if batch.entries and weight + following > limit:
                 break
-            batch.append(self._pending.popleft())
-            weight += following.weight
+            entry = self._pending.popleft()
+            batch.entries.append(entry)
+            batch.waiters.append(self._waiters.popleft())
+            weight += following
+            count += len(entry) if type(entry) is list else 1
+        self._pending_count -= count
+        self._pending_weight -= weight
         return batch
 
     def _next_commit_id(self) -> str:
@@ -550,19 +822,18 @@ class GroupCommitEngine:
 
     # One batch --------------------------------------------------------------------------
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: _Calls) -> None:
         """Commit ``batch`` and settle every caller in it (see the module docstring)."""
 
         commit_id = self._next_commit_id()
         started = anyio.current_time()
         try:
-            attempt = await self._commit_attempts(batch, commit_id)
+            attempt = await self._commit_attempts(batch.mutations(), commit_id)
         except _BatchAbort as abort:
             self.stats.failed_batches += 1
             logger.warning("engine %r: batch %s failed: %s", self.address, commit_id, abort.error)
-            for pending in batch:
-                pending.fail(abort.error)
-            if not batch:
+            batch.fail(abort.error)
+            if not batch.entries:
                 # A failed lease renewal is retried after a pause, not in a tight loop; the
                 # renew deadline ends the retries.
                 pause = min(self.config.backoff_max, self.config.renew_interval_seconds / 4)
@@ -571,16 +842,14 @@ class GroupCommitEngine:
             return
 
         self.stats.commits += 1
-        self.stats.mutations += len(batch)
-        self.stats.batch_sizes.append(len(batch))
+        self.stats.mutations += len(attempt.results)
+        self.stats.batch_sizes.append(len(attempt.results))
         self.stats.commit_latencies.append(anyio.current_time() - started)
         self._renewed_at = attempt.state.broker.heartbeat_at
         self._last_commit_loop_time = anyio.current_time()
-        for pending, result in zip(batch, attempt.results, strict=True):
-            pending.succeed(result)
+        batch.succeed(attempt.results)
 
-    async def _commit_attempts(self, batch: list[_Pending], commit_id: str) -> _Attempt:
-        mutations = [pending.mutation for pending in batch]
+    async def _commit_attempts(self, mutations: list[Any], commit_id: str) -> _Attempt:
         attempts: dict[int, _Attempt] = {}
         uncertain: set[int] = set()
         last_error: BaseException | None = None
@@ -728,6 +997,9 @@ class GroupCommitEngine:
                 heartbeat_timeout=self.config.heartbeat_timeout, broker=broker,
                 max_recent_commits=self.config.max_recent_commits, rejected=rejected,
             )
+            if len(outcome.results) != len(mutations):
+                raise AssertionError(
+                    f"{len(outcome.results)} results for {len(mutations)} mutations")
             data = encode_state(outcome.state)
             return _Attempt(state.sequence, version, outcome.state, data, outcome.results)
 
@@ -745,7 +1017,7 @@ class GroupCommitEngine:
         )
         rejected = {
             index: rejection for index, mutation in enumerate(mutations)
-            if isinstance(mutation, spec.Enqueue)
+            if isinstance(mutation, (spec.Enqueue, EncodedEnqueue))
         }
         attempt = build(rejected)
         if len(attempt.data) > limit:

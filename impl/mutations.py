@@ -7,9 +7,12 @@ failed write.
 
 Cost: applying B mutations to a state with N jobs takes O(N + B) time, counting the job
 types a claim names as part of its size. The input job list is shared, changed jobs are
-tracked by slot, and the new list is built once at the end. Claims use per-type cursors
-that only move forward over the jobs in position order, plus small heaps for jobs that a
-``Fail`` in the same batch made claimable again behind a cursor.
+tracked by slot, and the new list is built once at the end. Claims use cursors that only
+move forward over the jobs in position order: one over all slots, and one per job type
+over a slot list that the first claim naming types builds in one pass. Small heaps hold
+the jobs that a ``Fail`` in the same batch made claimable again behind a cursor.
+
+The engine passes enqueues as ``EncodedEnqueue``, with their payloads already encoded.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ DEFAULT_RECENT_COMMITS = 256
 
 _replace = msgspec.structs.replace
 
+# Results without fields are immutable and equal to each other, so one instance serves
+# every mutation.
+_ACKNOWLEDGED = spec.Acknowledged()
+_NO_JOB_AVAILABLE = spec.NoJobAvailable()
+
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
@@ -44,6 +52,38 @@ class BatchOutcome:
     results: list[spec.Result]
 
 
+class EncodedEnqueue:
+    """An ``Enqueue`` whose job payloads are already encoded as raw JSON.
+
+    ``apply_batch`` applies it exactly like ``enqueue``, with ``payloads[i]`` as the payload
+    of ``enqueue.jobs[i]``. The engine builds one per submitted enqueue, so that a payload
+    that is not JSON fails at submit and only its own caller, and a batch applied again
+    after a conflict does not encode its payloads again.
+    """
+
+    __slots__ = ("enqueue", "payloads")
+
+    def __init__(self, enqueue: spec.Enqueue, payloads: tuple[msgspec.Raw, ...]) -> None:
+        if len(payloads) != len(enqueue.jobs):
+            raise ValueError(
+                f"EncodedEnqueue needs one payload per job: {len(enqueue.jobs)} jobs, "
+                f"{len(payloads)} payloads")
+        self.enqueue = enqueue
+        self.payloads = payloads
+
+    def __repr__(self) -> str:
+        return f"EncodedEnqueue({self.enqueue!r})"
+
+    @classmethod
+    def encode(cls, enqueue: spec.Enqueue) -> EncodedEnqueue:
+        """Encode the payloads of ``enqueue``; raise ``ValueError`` if one is not JSON."""
+
+        jobs = enqueue.jobs
+        if len(jobs) == 1:
+            return cls(enqueue, (encode_payload(jobs[0].payload),))
+        return cls(enqueue, tuple(encode_payload(job.payload) for job in jobs))
+
+
 class _Jobs:
     """The job list during a batch: the shared input list plus changes, addressed by slot.
 
@@ -51,30 +91,34 @@ class _Jobs:
     is position order. A slot holding None is a job that left the queue.
     """
 
+    __slots__ = ("_added", "_base", "_base_size", "_changed", "_index")
+
     def __init__(self, base: list[JobRecord]) -> None:
         self._base = base
+        self._base_size = len(base)
         self._changed: dict[int, JobRecord | None] = {}
         self._added: list[JobRecord | None] = []
         self._index: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        return len(self._base) + len(self._added)
+        return self._base_size + len(self._added)
 
     def get(self, slot: int) -> JobRecord | None:
-        if slot in self._changed:
-            return self._changed[slot]
-        if slot < len(self._base):
-            return self._base[slot]
-        return self._added[slot - len(self._base)]
+        if slot >= self._base_size:
+            return self._added[slot - self._base_size]
+        changed = self._changed
+        if slot in changed:
+            return changed[slot]
+        return self._base[slot]
 
     def set(self, slot: int, job: JobRecord | None) -> None:
-        if slot >= len(self._base):
-            self._added[slot - len(self._base)] = job
+        if slot >= self._base_size:
+            self._added[slot - self._base_size] = job
         else:
             self._changed[slot] = job
 
     def add(self, job: JobRecord) -> int:
-        slot = len(self)
+        slot = self._base_size + len(self._added)
         self._added.append(job)
         if self._index is not None:
             self._index[job.id] = slot
@@ -87,7 +131,7 @@ class _Jobs:
             self._index = {job.id: slot for slot, job in enumerate(self._base)}
             for offset, job in enumerate(self._added):
                 if job is not None:
-                    self._index[job.id] = len(self._base) + offset
+                    self._index[job.id] = self._base_size + offset
         return self._index
 
     def find(self, job_id: str) -> tuple[int, JobRecord] | None:
@@ -121,24 +165,28 @@ class _Jobs:
 
 
 class _ClaimIndex:
-    """Finds the first eligible job for a type filter (see the module docstring)."""
+    """Finds the first eligible job for a type filter (see the module docstring).
+
+    A claim of any type scans the slots themselves with one cursor. Claims that name types
+    use one slot list per type, built on the first such claim in the batch.
+    """
+
+    __slots__ = ("_any_cursor", "_by_type", "_cursors", "_jobs", "_now", "_returned")
 
     def __init__(self, jobs: _Jobs, now: float) -> None:
         self._jobs = jobs
         self._now = now
-        self._all: list[int] = []
-        self._by_type: dict[str, list[int]] = {}
-        self._cursors: dict[str | None, int] = {}
+        self._any_cursor = 0
+        self._by_type: dict[str, list[int]] | None = None
+        self._cursors: dict[str, int] = {}
         self._returned: dict[str | None, list[int]] = {}
-        for slot, job in jobs.items():
-            if job.status == "unclaimed":
-                self.add(slot, job)
 
     def add(self, slot: int, job: JobRecord) -> None:
         """Register a job enqueued after every slot already indexed."""
 
-        self._all.append(slot)
-        self._by_type.setdefault(job.type, []).append(slot)
+        # The cursor of untyped claims reaches new slots by itself.
+        if self._by_type is not None:
+            self._by_type.setdefault(job.type, []).append(slot)
 
     def returned(self, slot: int, job: JobRecord) -> None:
         """Register a job that became claimable again, possibly behind the cursors."""
@@ -149,10 +197,16 @@ class _ClaimIndex:
         heapq.heappush(self._returned.setdefault(job.type, []), slot)
 
     def first(self, types: tuple[str, ...] | None) -> int | None:
-        keys: Sequence[str | None] = (None,) if types is None else types
-        best: int | None = None
-        for key in keys:
-            for candidate in (self._scan(key), self._peek_returned(key)):
+        if types is None:
+            best = self._scan_any()
+            candidate = self._peek_returned(None) if self._returned else None
+            if candidate is not None and (best is None or candidate < best):
+                best = candidate
+            return best
+
+        best = None
+        for key in types:
+            for candidate in (self._scan_type(key), self._peek_returned(key)):
                 if candidate is not None and (best is None or candidate < best):
                     best = candidate
         return best
@@ -161,8 +215,26 @@ class _ClaimIndex:
         job = self._jobs.get(slot)
         return job is not None and job.status == "unclaimed" and job.visible_at <= self._now
 
-    def _scan(self, key: str | None) -> int | None:
-        slots = self._all if key is None else self._by_type.get(key, ())
+    def _scan_any(self) -> int | None:
+        jobs = self._jobs
+        now = self._now
+        cursor = self._any_cursor
+        end = len(jobs)
+        while cursor < end:
+            job = jobs.get(cursor)
+            if job is not None and job.status == "unclaimed" and job.visible_at <= now:
+                break
+            cursor += 1
+        self._any_cursor = cursor
+        return cursor if cursor < end else None
+
+    def _scan_type(self, key: str) -> int | None:
+        if self._by_type is None:
+            self._by_type = {}
+            for slot, job in self._jobs.items():
+                if job.status == "unclaimed":
+                    self._by_type.setdefault(job.type, []).append(slot)
+        slots = self._by_type.get(key, ())
         cursor = self._cursors.get(key, 0)
         while cursor < len(slots) and not self._eligible(slots[cursor]):
             cursor += 1
@@ -207,18 +279,33 @@ class _Batch:
 
     # Mutations --------------------------------------------------------------------------
 
-    def apply(self, mutation: spec.Mutation) -> spec.Result:
+    def apply(self, mutation: spec.Mutation | EncodedEnqueue) -> spec.Result:
+        # Exact type checks first: this runs once per mutation of every batch.
+        kind = type(mutation)
+        if kind is spec.Claim:
+            return self._claim(mutation)
+        if kind is EncodedEnqueue:
+            return self._enqueue(mutation.enqueue.jobs, mutation.payloads)
+        if kind is spec.Complete or kind is spec.Heartbeat or kind is spec.Fail:
+            return self._with_claim(mutation)
         if isinstance(mutation, spec.Enqueue):
-            return self._enqueue(mutation)
+            return self._enqueue(mutation.jobs, None)
+        if isinstance(mutation, EncodedEnqueue):
+            return self._enqueue(mutation.enqueue.jobs, mutation.payloads)
         if isinstance(mutation, spec.Claim):
             return self._claim(mutation)
         if isinstance(mutation, (spec.Heartbeat, spec.Complete, spec.Fail)):
             return self._with_claim(mutation)
         raise TypeError(f"not a queue mutation: {mutation!r}")
 
-    def _enqueue(self, mutation: spec.Enqueue) -> spec.Result:
+    def _enqueue(
+        self, new_jobs: tuple[spec.NewJob, ...], payloads: tuple[msgspec.Raw, ...] | None
+    ) -> spec.Result:
+        if len(new_jobs) == 1:
+            return self._enqueue_one(new_jobs[0], payloads[0] if payloads is not None else None)
+
         explicit: set[str] = set()
-        for new in mutation.jobs:
+        for new in new_jobs:
             if new.id is None:
                 continue
             if new.id in explicit or self.jobs.is_live(new.id):
@@ -226,15 +313,16 @@ class _Batch:
             explicit.add(new.id)
 
         ids = []
-        for new in mutation.jobs:
+        for index, new in enumerate(new_jobs):
             job_id = new.id
             if job_id is None:
                 job_id = spec.job_id_for(self.next_job_number)
                 self.next_job_number += 1
+            payload = encode_payload(new.payload) if payloads is None else payloads[index]
             job = JobRecord(
                 id=job_id, type=new.type, status="unclaimed", attempts=0,
                 max_attempts=new.max_attempts, position=self.next_position, visible_at=0.0,
-                payload=encode_payload(new.payload),
+                payload=payload,
             )
             self.next_position += 1
             slot = self.jobs.add(job)
@@ -244,41 +332,65 @@ class _Batch:
         self.counts["enqueued"] += len(ids)
         return spec.Enqueued(tuple(ids))
 
-    def _claim(self, mutation: spec.Claim) -> spec.Result:
-        if self._claims is None:
-            self._claims = _ClaimIndex(self.jobs, self.now)
-        slot = self._claims.first(mutation.types)
-        if slot is None:
-            return spec.NoJobAvailable()
+    def _enqueue_one(self, new: spec.NewJob, payload: msgspec.Raw | None) -> spec.Result:
+        """Enqueue a single job: the common case, without the sets and lists of ``_enqueue``."""
 
-        job = self.jobs.get(slot)
+        job_id = new.id
+        if job_id is None:
+            job_id = spec.job_id_for(self.next_job_number)
+            self.next_job_number += 1
+        elif self.jobs.is_live(job_id):
+            return spec.duplicate_id(job_id)
+        job = JobRecord(
+            id=job_id, type=new.type, status="unclaimed", attempts=0,
+            max_attempts=new.max_attempts, position=self.next_position, visible_at=0.0,
+            payload=encode_payload(new.payload) if payload is None else payload,
+        )
+        self.next_position += 1
+        slot = self.jobs.add(job)
+        if self._claims is not None:
+            self._claims.add(slot, job)
+        self.counts["enqueued"] += 1
+        return spec.Enqueued((job_id,))
+
+    def _claim(self, mutation: spec.Claim) -> spec.Result:
+        claims = self._claims
+        if claims is None:
+            claims = self._claims = _ClaimIndex(self.jobs, self.now)
+        slot = claims.first(mutation.types)
+        if slot is None:
+            return _NO_JOB_AVAILABLE
+
+        jobs = self.jobs
+        job = jobs.get(slot)
         token = spec.claim_token_for(self.next_claim)
         self.next_claim += 1
-        job = _replace(
-            job, status="in_progress", attempts=job.attempts + 1, claim_token=token,
+        attempts = job.attempts + 1
+        jobs.set(slot, _replace(
+            job, status="in_progress", attempts=attempts, claim_token=token,
             claimed_by=mutation.worker, heartbeat_at=self.now,
-        )
-        self.jobs.set(slot, job)
+        ))
         self.counts["claimed"] += 1
         return spec.Claimed(
-            job.id, job.type, decode_payload(job.payload), job.attempts, job.max_attempts, token
+            job.id, job.type, decode_payload(job.payload), attempts, job.max_attempts, token
         )
 
     def _with_claim(self, mutation: spec.Heartbeat | spec.Complete | spec.Fail) -> spec.Result:
-        found = self.jobs.find(mutation.job_id)
-        if found is None:
+        jobs = self.jobs
+        slot = jobs.index().get(mutation.job_id)
+        job = None if slot is None else jobs.get(slot)
+        if job is None:
             return spec.unknown_job(mutation.job_id)
-        slot, job = found
         if job.status != "in_progress" or job.claim_token != mutation.token:
             return spec.stale_claim(mutation.job_id, mutation.token)
 
-        if isinstance(mutation, spec.Heartbeat):
-            self.jobs.set(slot, _replace(job, heartbeat_at=self.now))
-            return spec.Acknowledged()
         if isinstance(mutation, spec.Complete):
-            self.jobs.set(slot, None)
+            jobs.set(slot, None)
             self.counts["completed"] += 1
-            return spec.Acknowledged()
+            return _ACKNOWLEDGED
+        if isinstance(mutation, spec.Heartbeat):
+            jobs.set(slot, _replace(job, heartbeat_at=self.now))
+            return _ACKNOWLEDGED
         return self._fail(slot, job, mutation)
 
     def _fail(self, slot: int, job: JobRecord, mutation: spec.Fail) -> spec.Result:
@@ -335,7 +447,7 @@ def _released(job: JobRecord, status: str, visible_at: float) -> JobRecord:
 
 def apply_batch(
     state: QueueState,
-    mutations: Sequence[spec.Mutation],
+    mutations: Sequence[spec.Mutation | EncodedEnqueue],
     *,
     now: float,
     commit_id: str,
@@ -349,17 +461,20 @@ def apply_batch(
     The new state has ``sequence + 1``, ``commit_id`` appended to the recent commits (the
     oldest dropped beyond ``max_recent_commits``) and ``broker`` (default: unchanged).
     ``rejected`` maps mutation indexes to a rejection returned without applying them.
+    An ``EncodedEnqueue`` is applied like the enqueue it wraps.
     """
 
     if max_recent_commits < 1:
         raise ValueError(f"max_recent_commits must be >= 1, got {max_recent_commits}")
     batch = _Batch(state, now)
     batch.expire(heartbeat_timeout)
-    results: list[spec.Result] = []
-    for index, mutation in enumerate(mutations):
-        if rejected and index in rejected:
-            results.append(rejected[index])
-        else:
-            results.append(batch.apply(mutation))
+    apply = batch.apply
+    if rejected:
+        results = [
+            rejected[index] if index in rejected else apply(mutation)
+            for index, mutation in enumerate(mutations)
+        ]
+    else:
+        results = [apply(mutation) for mutation in mutations]
     new_state = batch.finish(commit_id, broker or state.broker, max_recent_commits)
     return BatchOutcome(new_state, results)
