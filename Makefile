@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 run: venv
 	$(BIN)/osqueue sim --seed 1 --out .osqueue-run
+	$(BIN)/osqueue sim --scenario default --seed 1 --out .osqueue-run/queue
 
 # The status page test renders the broker's page in headless Chromium (Debian's package).
 # Installs it once; does nothing when /usr/bin/chromium exists.

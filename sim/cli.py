@@ -1,5 +1,10 @@
 """The ``osqueue sim`` command: run the deterministic simulator for one seed or a range.
 
+Without ``--scenario`` it runs the storage-level simulation (clients doing reads and CAS
+writes on one faulty object store). With ``--scenario NAME`` it runs the queue-level
+simulation of ``osqueue.sim.queue_cli`` (producers, workers and brokers). Options that
+belong to only one mode are rejected in the other with exit code 2.
+
 Exit codes: 0 when every check of every seed passed, 1 when any check failed (a predicate
 violation, a history that is not linearizable, or an ``UNKNOWN`` verdict), 2 for invalid
 options.
@@ -32,6 +37,31 @@ DEFAULT_SEED = 1
 # Kept equal to osqueue.sim.runner.DEFAULT_CHECK_TIMEOUT by a test, because importing the
 # runner imports trio, which this module must not need at import time.
 DEFAULT_CHECK_TIMEOUT = 60.0
+# Kept equal to osqueue.sim.queue_sweep.DEFAULT_CHECK_TIMEOUT by a test. A queue run has two
+# searches (queue and storage history), each bounded by this many wall seconds.
+DEFAULT_QUEUE_CHECK_TIMEOUT = 30.0
+
+# Options, by their Python parameter name, that only one mode uses.
+STORAGE_ONLY_OPTIONS = {
+    "clients": "--clients",
+    "ops": "--ops",
+    "keys": "--keys",
+    "drop_request": "--drop-request",
+    "drop_response": "--drop-response",
+    "late": "--late",
+    "error_rate": "--error-rate",
+    "timeout": "--timeout",
+    "rate_limit": "--rate-limit-per-second",
+    "token_policy": "--token-policy",
+    "reads_per_minute": "--reads-per-minute",
+    "writes_per_minute": "--writes-per-minute",
+}
+QUEUE_ONLY_OPTIONS = {
+    "schedule": "--schedule",
+    "reference": "--reference",
+    "shrink": "--shrink",
+    "shrink_examples": "--shrink-examples",
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +71,13 @@ def register(app: typer.Typer) -> None:
 
 
 def sim_command(
+    ctx: typer.Context,
+    scenario: str | None = typer.Option(
+        None, "--scenario",
+        help="Run the queue-level simulation of this scenario: default, contention, failover, "
+        "flaky-storage or turbopuffer (a variant such as contention/direct runs one mode "
+        "only). Without it, the storage-level simulation runs.",
+    ),
     seed: int | None = typer.Option(
         None, "--seed",
         help=f"Seed of one run, >= 0 (default {DEFAULT_SEED}); one seed gives one history.",
@@ -86,7 +123,7 @@ def sim_command(
         help="Writes per second allowed on one object (GCS allows about 1); 0 means no limit.",
     ),
     lying: bool = typer.Option(
-        False, "--lying", help="Ignore preconditions (negative control: checks must fail)."
+        False, "--lying", help="The store ignores preconditions (negative control: checks must fail)."
     ),
     token_policy: str = typer.Option(
         "unique", "--token-policy", help="Version tokens: unique or content-hash."
@@ -98,20 +135,60 @@ def sim_command(
     writes_per_minute: float | None = typer.Option(
         None, "--writes-per-minute", help="Throttle each client's writes to this many per minute."
     ),
-    check_timeout: float = typer.Option(
-        DEFAULT_CHECK_TIMEOUT, "--check-timeout",
-        help="Wall seconds for the linearizability search; when exceeded the verdict is unknown.",
+    check_timeout: float | None = typer.Option(
+        None, "--check-timeout",
+        help=f"Wall seconds for each linearizability search; when exceeded the verdict is "
+        f"unknown, which fails the run. Default {DEFAULT_CHECK_TIMEOUT:g} for the storage "
+        f"level, {DEFAULT_QUEUE_CHECK_TIMEOUT:g} with --scenario (two searches per run).",
+    ),
+    schedule: Annotated[Path | None, typer.Option(
+        "--schedule",
+        help="With --scenario: JSON fault schedule to run instead of the one the seed draws "
+        "(written by --shrink or into the output directory of a failing seed).",
+    )] = None,
+    reference: Annotated[list[str] | None, typer.Option(
+        "--reference",
+        help="With --scenario: reproduce a known flaw of the TypeScript engine, reapply or "
+        "reregister (repeatable). The run is then expected to fail.",
+    )] = None,
+    shrink: bool = typer.Option(
+        False, "--shrink",
+        help="With --scenario: for the first failing seed, let Hypothesis search for the "
+        "smallest fault schedule that still fails, and write it to OUT/shrunk-schedule.json.",
+    ),
+    shrink_examples: int = typer.Option(
+        100, "--shrink-examples", help="With --shrink: schedules Hypothesis may try."
     ),
     out: Annotated[Path | None, typer.Option(
         "--out",
-        help="Directory for history.jsonl and report.html; with --seeds, failing seeds "
-        "write to DIR/seed-N.",
+        help="Storage level: directory for history.jsonl and report.html; with --seeds, "
+        "failing seeds write to DIR/seed-N. With --scenario: directory for the files of "
+        "failing seeds (histories, schedule, violations, HTML reports), written even when "
+        "a single --seed run passes.",
     )] = None,
 ) -> None:
-    """Simulate concurrent clients on a faulty object store and check the history."""
+    """Simulate clients on a faulty object store (or the whole queue, with --scenario)."""
 
     console = Console()
     _require_trio()
+    if scenario is not None:
+        _reject_options(ctx, STORAGE_ONLY_OPTIONS, "belongs to the storage-level simulation",
+                        "leave it out, or drop --scenario to run the storage level")
+        from osqueue.sim.queue_cli import run_queue_simulation
+
+        code = run_queue_simulation(
+            scenario=scenario, seed=seed, seeds=seeds, jobs=jobs, schedule=schedule,
+            reference=reference, lying=lying, shrink=shrink, shrink_examples=shrink_examples,
+            check_timeout=DEFAULT_QUEUE_CHECK_TIMEOUT if check_timeout is None
+            else check_timeout,
+            out=out,
+        )
+        raise typer.Exit(code)
+
+    _reject_options(ctx, QUEUE_ONLY_OPTIONS, "needs --scenario",
+                    "add --scenario NAME to run the queue-level simulation")
+    if check_timeout is None:
+        check_timeout = DEFAULT_CHECK_TIMEOUT
 
     # Every option is checked before the first seed runs, so bad input exits with 2 and a
     # message naming the option, never with a crashed run or a sweep of crashed seeds.
@@ -131,6 +208,17 @@ def sim_command(
         passed = _run_sweep(console, config, seed_range, jobs or os.cpu_count() or 1, out,
                             check_timeout)
     raise typer.Exit(0 if passed else 1)
+
+
+def _reject_options(ctx: typer.Context, options: dict[str, str], reason: str,
+                    fix: str) -> None:
+    """Raise BadParameter for the first option of ``options`` given on the command line."""
+
+    for name, flag in options.items():
+        source = ctx.get_parameter_source(name)
+        # Compared by name, because Typer may ship its own copy of Click's ParameterSource.
+        if source is not None and source.name == "COMMANDLINE":
+            raise typer.BadParameter(f"{flag} {reason}; {fix}", param_hint=flag)
 
 
 def _require_trio() -> None:

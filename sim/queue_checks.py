@@ -172,17 +172,19 @@ class _Checker:
                 self.add("applied-twice",
                          f"payload {tag} was enqueued as {len(ids)} jobs: {sorted(ids)}",
                          self._ops_with_tag(tag))
-        requests: dict[str, int] = {}
+        requests: dict[str, list[QueueOp]] = {}
         for op in self.run.ops:
             if isinstance(op.mutation, spec.Claim) and _may_have_applied(op) \
                     and not isinstance(op.effect, spec.NoJobAvailable):
-                requests[op.mutation.worker] = requests.get(op.mutation.worker, 0) + 1
+                requests.setdefault(op.mutation.worker, []).append(op)
         for worker, tokens in sorted(claims_by_worker.items()):
-            if len(tokens) > requests.get(worker, 0):
+            landed = requests.get(worker, [])
+            if len(tokens) > len(landed):
                 self.add("applied-twice",
                          f"worker {worker} holds {len(tokens)} claims in the chain "
                          f"({sorted(tokens, key=_token_number)}) but made only "
-                         f"{requests.get(worker, 0)} claim requests that may have landed")
+                         f"{len(landed)} claim requests that may have landed",
+                         [op.describe() for op in landed])
 
     def check_transition(self, previous: Commit, commit: Commit) -> None:
         before = {job.id: job for job in previous.state.jobs}
@@ -223,12 +225,15 @@ class _Checker:
         ]
         if ops:
             return
+        # The requests that did touch the job, under any token, show who changed it.
+        touching = [op.describe() for (_, job_id, _), job_ops in self.token_ops.items()
+                    if job_id == job.id for op in job_ops]
         self.add("claim-token",
                  f"job {job.id} held under {job.claim_token} by {job.claimed_by} changed "
                  f"({what}) at sequence {commit.state.sequence} before its heartbeat "
                  f"expired, and no {kind} request carrying that token was invoked before "
                  "the commit and acknowledged or left unanswered",
-                 [_describe_commit(commit)])
+                 [_describe_commit(commit), *touching[:8]])
 
     def _check_fifo(self, before: QueueState, commit: Commit, claimed: Any,
                     after: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
-"""The ``osqueue sim-queue`` command: simulate the whole queue under faults and check it.
+"""The queue-level mode of ``osqueue sim`` (``--scenario NAME``): simulate the whole queue.
 
-Exit codes: 0 when every property held for every seed of every variant, 1 when any
-property was violated, 2 for invalid options.
+``osqueue.sim.cli`` parses the options and calls ``run_queue_simulation``. Exit codes: 0
+when every property held for every seed of every variant, 1 when any property was
+violated, 2 for invalid options (raised as ``typer.BadParameter``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -26,48 +27,25 @@ DEFAULT_SEED = 1
 MAX_FAILURES_SHOWN = 10
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``sim-queue`` command to the main ``osqueue`` app."""
+def run_queue_simulation(
+    *,
+    scenario: str,
+    seed: int | None,
+    seeds: str | None,
+    jobs: int,
+    schedule: Path | None,
+    reference: list[str] | None,
+    lying: bool,
+    shrink: bool,
+    shrink_examples: int,
+    check_timeout: float,
+    out: Path | None,
+) -> int:
+    """Run ``scenario`` for one seed or a range, print the summary and return the exit code.
 
-    app.command("sim-queue")(sim_queue_command)
-
-
-def sim_queue_command(
-    scenario: str = typer.Option(
-        "default", "--scenario",
-        help="Scenario: default, contention, failover, flaky-storage or turbopuffer (a "
-        "variant such as contention/direct runs one mode only)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of a single run (default 1)."),
-    seeds: str | None = typer.Option(
-        None, "--seeds", help="Range of seeds A..B (both included) to sweep instead of --seed."),
-    jobs: int = typer.Option(
-        0, "--jobs", min=0, help="Processes for --seeds; 0 uses one per CPU."),
-    schedule: Annotated[Path | None, typer.Option(
-        "--schedule",
-        help="JSON fault schedule to run instead of the one the seed draws (written by "
-        "--shrink or into the output directory of a failing seed).")] = None,
-    reference: Annotated[list[str] | None, typer.Option(
-        "--reference",
-        help="Reproduce a known flaw of the TypeScript engine: reapply or reregister "
-        "(repeatable). The run is then expected to fail.")] = None,
-    lying: bool = typer.Option(
-        False, "--lying", help="Negative control: the store ignores CAS preconditions."),
-    shrink: bool = typer.Option(
-        False, "--shrink",
-        help="For the first failing seed, let Hypothesis search for the smallest fault "
-        "schedule that still fails, and write it to OUT/shrunk-schedule.json."),
-    shrink_examples: int = typer.Option(
-        100, "--shrink-examples", min=1, help="Schedules Hypothesis may try with --shrink."),
-    check_timeout: float = typer.Option(
-        30.0, "--check-timeout",
-        help="Wall seconds for each linearizability search; when exceeded the verdict is "
-        "unknown, which fails the run."),
-    out: Annotated[Path | None, typer.Option(
-        "--out",
-        help="Directory for the files of failing seeds (histories, schedule, violations, "
-        "HTML reports); a single --seed run writes them even when it passes.")] = None,
-) -> None:
-    """Simulate producers, workers and brokers on a faulty store and check the queue."""
+    Every option is checked before the first seed runs, so invalid input raises
+    ``typer.BadParameter`` (exit 2) and never starts a run.
+    """
 
     from osqueue.sim.queue_scenarios import FLAWS, FaultSchedule, scenario_variants
     from osqueue.sim.sweep import parse_seed_range
@@ -91,6 +69,9 @@ def sim_queue_command(
         raise typer.BadParameter(
             f"must be a finite number of wall seconds > 0, got {check_timeout}",
             param_hint="--check-timeout")
+    if shrink_examples < 1:
+        raise typer.BadParameter(f"must be >= 1, got {shrink_examples}",
+                                 param_hint="--shrink-examples")
     loaded: FaultSchedule | None = None
     if schedule is not None:
         try:
@@ -109,10 +90,15 @@ def sim_queue_command(
     elapsed = time.perf_counter() - started
     _print_summary(console, variants, summaries, elapsed)
     failed = [summary for summary in summaries if not summary.passed]
+    if seeds is None:
+        # Failing runs list their files with their violations; passing ones list them here.
+        for summary in summaries:
+            if summary.passed and summary.output:
+                console.print(f"wrote {summary.output}", markup=False)
     _print_failures(console, failed)
     if failed and shrink:
         _shrink(console, variants, failed[0], flaws, lying, shrink_examples, out, check_timeout)
-    raise typer.Exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 def _parse_seeds(seed: int | None, seeds: str | None, parse_seed_range) -> range:
@@ -134,7 +120,8 @@ def _parse_seeds(seed: int | None, seeds: str | None, parse_seed_range) -> range
 def _quiet_expected_warnings() -> None:
     # The simulation injects faults on purpose, so the engine's warnings about failed
     # batches are expected; the summary reports them as figures instead.
-    for name in ("osqueue.engine", "osqueue.sim.reference_engine", "osqueue.sim.queue_world"):
+    for name in ("osqueue.engine", "osqueue.election", "osqueue.sim.reference_engine",
+                 "osqueue.sim.queue_world"):
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() >= logging.WARNING:
             logger.setLevel(logging.CRITICAL)
@@ -175,7 +162,7 @@ def _mean(values: list[float]) -> float:
 
 def _print_summary(console: Console, variants: list[QueueScenario],
                    summaries: list[QueueSeedSummary], elapsed: float) -> None:
-    table = Table(title="osqueue sim-queue: virtual time, means over seeds")
+    table = Table(title="osqueue sim --scenario: virtual time, means over seeds")
     for column in ("scenario", "passed", "requests", "acked/s", "latency p50/p95/p99 ms",
                    "commits", "conflicts", "faults", "linearizable queue/store"):
         table.add_column(column, justify="left" if column == "scenario" else "right")
@@ -249,5 +236,5 @@ def _shrink(console: Console, variants: list[QueueScenario], failed: QueueSeedSu
     schedule.dump(path)
     console.print(f"shrunk schedule: {schedule.describe()}", markup=False)
     console.print(f"  written to {path}; replay: "
-                  f"{replay_command(variant.name, failed.seed, flaws=sorted(flaws), lying=lying, schedule_file=path)}",
+                  f"{replay_command(variant.name, failed.seed, flaws=sorted(flaws), lying=lying, schedule_file=path, check_timeout=check_timeout)}",
                   markup=False, soft_wrap=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from osqueue.checker import UNKNOWN
 from osqueue.sim.queue_checks import QueueOutcome, check_queue_run, render_reports
+from osqueue.sim.queue_report import REPORT_NAME, render_violation_report
 from osqueue.sim.queue_scenarios import (
     FaultSchedule,
     QueueScenario,
@@ -69,16 +70,23 @@ class QueueSeedSummary:
 
 
 def replay_command(scenario: str, seed: int, *, flaws: Sequence[str] = (), lying: bool = False,
-                   schedule_file: Path | None = None) -> str:
-    """Return the ``osqueue sim-queue`` command that runs this seed again."""
+                   schedule_file: Path | None = None,
+                   check_timeout: float = DEFAULT_CHECK_TIMEOUT) -> str:
+    """Return the ``osqueue sim --scenario`` command that runs this seed again.
 
-    words = ["osqueue", "sim-queue", "--scenario", scenario, "--seed", str(seed)]
+    ``--check-timeout`` is spelled out only when it differs from the queue-level default,
+    because only then can it change the verdict of the replay.
+    """
+
+    words = ["osqueue", "sim", "--scenario", scenario, "--seed", str(seed)]
     if schedule_file is not None:
         words += ["--schedule", str(schedule_file)]
     for flaw in sorted(flaws):
         words += ["--reference", flaw]
     if lying:
         words.append("--lying")
+    if check_timeout != DEFAULT_CHECK_TIMEOUT:
+        words += ["--check-timeout", repr(float(check_timeout))]
     return shlex.join(words)
 
 
@@ -159,7 +167,7 @@ def run_queue_seed(
     elif schedule_file is None and directory is not None:
         schedule_file = directory / "schedule.json"
     replay = replay_command(scenario.name, seed, flaws=sorted(flaws), lying=lying,
-                            schedule_file=schedule_file)
+                            schedule_file=schedule_file, check_timeout=check_timeout)
     summary = summarize(run, outcome, check_seconds=check_seconds, replay=replay,
                         output=None if directory is None else str(directory))
     if directory is not None:
@@ -175,7 +183,10 @@ def _explicit(scenario: QueueScenario, seed: int, schedule: FaultSchedule) -> bo
 
 def write_run_outputs(run: QueueRun, outcome: QueueOutcome, directory: Path,
                       summary: QueueSeedSummary) -> list[Path]:
-    """Write the histories, schedule, violations and HTML reports of a run to ``directory``."""
+    """Write the histories, schedule, violations and HTML reports of a run to ``directory``.
+
+    A failing run also gets ``violations.html``, a timeline of each violation.
+    """
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -213,6 +224,12 @@ def write_run_outputs(run: QueueRun, outcome: QueueOutcome, directory: Path,
         path = directory / name
         path.write_text(html, encoding="utf-8")
         written.append(path)
+
+    if outcome.violations:
+        report_path = directory / REPORT_NAME
+        report_path.write_text(render_violation_report(run, outcome, summary.replay),
+                               encoding="utf-8")
+        written.append(report_path)
     return written
 
 

@@ -91,7 +91,7 @@ def test_failing_seed_writes_replayable_files(tmp_path) -> None:
         assert (directory / name).is_file(), name
     assert "<html" in (directory / "queue-report.html").read_text(encoding="utf-8")
     assert summary.replay == (
-        "osqueue sim-queue --scenario flaky-storage --seed 1 --reference reapply")
+        "osqueue sim --scenario flaky-storage --seed 1 --reference reapply")
     assert summary.replay in (directory / "violations.txt").read_text(encoding="utf-8")
 
 

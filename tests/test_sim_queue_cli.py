@@ -1,4 +1,4 @@
-"""The ``osqueue sim-queue`` command, run through a Typer app that registers only it."""
+"""The queue-level mode of ``osqueue sim`` (``--scenario NAME``), run through the osqueue app."""
 
 from __future__ import annotations
 
@@ -6,27 +6,25 @@ import pytest
 
 pytest.importorskip("trio")
 
-import typer
-from osqueue.sim.queue_cli import register
+from osqueue.cli import app
 from osqueue.sim.queue_scenarios import FaultEvent, FaultSchedule
 from typer.testing import CliRunner
 
 
 @pytest.fixture
 def invoke():
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """A callback makes sim-queue a subcommand, as in the osqueue app."""
-
-    register(app)
     runner = CliRunner()
 
     def run(*arguments: str):
-        return runner.invoke(app, ["sim-queue", *arguments])
+        return runner.invoke(app, ["sim", *arguments])
 
     return run
+
+
+def plain(output: str) -> str:
+    """Return ``output`` without the box drawing and line breaks of rich's error panel."""
+
+    return " ".join(output.replace("│", " ").split())
 
 
 def test_passing_seed_exits_zero(invoke, tmp_path) -> None:
@@ -52,7 +50,7 @@ def test_reference_flaw_exits_one_with_replay(invoke) -> None:
     assert result.exit_code == 1, result.output
     assert "FAILED" in result.output
     assert "applied-twice" in result.output
-    assert "osqueue sim-queue --scenario flaky-storage --seed 1 --reference reapply" in (
+    assert "osqueue sim --scenario flaky-storage --seed 1 --reference reapply" in (
         result.output)
 
 
@@ -80,15 +78,121 @@ def test_shrink_writes_schedule(invoke, tmp_path) -> None:
     ("arguments", "message"),
     [
         (("--scenario", "chaos"), "unknown scenario 'chaos'"),
-        (("--seed", "1", "--seeds", "1..2"), "cannot be combined"),
-        (("--seeds", "5..1"), "is empty"),
-        (("--reference", "sloppy"), "unknown flaw 'sloppy'"),
-        (("--check-timeout", "0"), "wall seconds > 0"),
-        (("--schedule", "/nonexistent/schedule.json"), "cannot read fault schedule"),
+        (("--scenario", "default", "--seed", "1", "--seeds", "1..2"), "cannot be combined"),
+        (("--scenario", "default", "--seeds", "5..1"), "is empty"),
+        (("--scenario", "default", "--reference", "sloppy"), "unknown flaw 'sloppy'"),
+        (("--scenario", "default", "--check-timeout", "0"), "wall seconds > 0"),
+        (("--scenario", "default", "--shrink-examples", "0"), "must be >= 1"),
+        (("--scenario", "default", "--schedule", "/nonexistent/schedule.json"),
+         "cannot read fault schedule"),
     ],
 )
 def test_invalid_options_exit_two(invoke, arguments, message) -> None:
     result = invoke(*arguments)
 
     assert result.exit_code == 2, result.output
-    assert message in " ".join(result.output.replace("│", " ").split())
+    assert message in plain(result.output)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("--clients", "3"),
+        ("--ops", "50"),
+        ("--keys", "2"),
+        ("--drop-request", "0.1"),
+        ("--drop-response", "0.1"),
+        ("--late", "0.1"),
+        ("--error-rate", "0.1"),
+        ("--timeout", "2"),
+        ("--rate-limit-per-second", "1"),
+        ("--token-policy", "content-hash"),
+        ("--reads-per-minute", "60"),
+        ("--writes-per-minute", "60"),
+    ],
+)
+def test_storage_option_with_scenario_rejected(invoke, arguments) -> None:
+    result = invoke("--scenario", "default", "--seed", "1", *arguments)
+    output = plain(result.output)
+
+    assert result.exit_code == 2, output
+    assert f"{arguments[0]} belongs to the storage-level simulation" in output
+    assert "PASSED" not in output
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("--schedule", "schedule.json"),
+        ("--reference", "reapply"),
+        ("--shrink",),
+        ("--shrink-examples", "5"),
+    ],
+)
+def test_queue_option_without_scenario_rejected(invoke, arguments) -> None:
+    result = invoke("--seed", "1", *arguments)
+    output = plain(result.output)
+
+    assert result.exit_code == 2, output
+    assert f"{arguments[0]} needs --scenario" in output
+    assert "PASSED" not in output
+
+
+def test_check_timeout_default_per_mode() -> None:
+    from osqueue.sim import cli, queue_sweep, runner
+
+    assert cli.DEFAULT_CHECK_TIMEOUT == runner.DEFAULT_CHECK_TIMEOUT
+    assert cli.DEFAULT_QUEUE_CHECK_TIMEOUT == queue_sweep.DEFAULT_CHECK_TIMEOUT
+
+
+def test_non_default_check_timeout_in_replay(invoke) -> None:
+    result = invoke("--scenario", "flaky-storage", "--seed", "1", "--reference", "reapply",
+                    "--check-timeout", "12")
+
+    assert result.exit_code == 1, result.output
+    assert "--reference reapply --check-timeout 12.0" in result.output.replace("\n", "")
+
+
+def test_sim_queue_command_removed(invoke) -> None:
+    result = CliRunner().invoke(app, ["sim-queue", "--scenario", "default"])
+
+    assert result.exit_code == 2, result.output
+    assert "No such command" in plain(result.output)
+
+
+def test_reference_flaw_writes_violation_report(invoke, tmp_path) -> None:
+    result = invoke("--scenario", "flaky-storage", "--seed", "1", "--reference", "reapply",
+                    "--out", str(tmp_path))
+
+    assert result.exit_code == 1, result.output
+    report = tmp_path / "flaky-storage-seed-1" / "violations.html"
+    assert report.is_file()
+    page = report.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<svg" in page
+    for name in ("applied-twice", "claim-token"):
+        assert f'<span class="property">{name}</span>' in page
+    # Every violation gets its own section with a timeline.
+    assert page.count("<section") == page.count("<svg")
+    assert "violated a property" in result.output
+    # Standalone: nothing is loaded from another address.
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in page
+
+
+def test_passing_run_writes_no_violation_report(invoke, tmp_path) -> None:
+    result = invoke("--scenario", "default", "--seed", "2", "--out", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "default-seed-2" / "violations.html").exists()
+
+
+def test_epoch_violation_report_marks_commits(invoke, tmp_path) -> None:
+    result = invoke("--scenario", "failover", "--seed", "4", "--reference", "reregister",
+                    "--out", str(tmp_path))
+
+    assert result.exit_code == 1, result.output
+    page = (tmp_path / "failover-seed-4" / "violations.html").read_text(encoding="utf-8")
+    assert '<span class="property">epochs</span>' in page
+    # The commits of both engines are drawn as red ticks on the commit lane.
+    assert page.count('stroke="#c5221f" stroke-width="3"') >= 2
