@@ -12,6 +12,8 @@ last commit (``heartbeat_at``). Rules:
 - A leader renews its lease with every commit (an empty commit when idle). One that has not
   renewed within its renew deadline (shorter than the lease) steps down by itself rather
   than write on a lease that others may already consider expired.
+- A leader that stops cleanly releases its lease with a last commit whose broker record
+  has no address and the same epoch, so another broker (or a restart) takes over at once.
 - A deposed broker never takes the lease back by itself. It must be restarted and go
   through ``acquire`` again, which requires the lease to have expired.
 
@@ -23,12 +25,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 import msgspec
-from osqueue.errors import CASConflictError, IndeterminateWriteError, OsqueueError
+from osqueue.errors import (
+    CASConflictError,
+    IndeterminateWriteError,
+    OsqueueError,
+    StorageBackendError,
+)
 from osqueue.mutations import apply_batch
 from osqueue.state import (
     BrokerRecord,
@@ -44,6 +52,8 @@ from osqueue.storage.base import StorageBackend, StorageVersion
 logger = logging.getLogger(__name__)
 
 MAX_ACQUIRE_ROUNDS = 20
+
+_T = TypeVar("_T")
 
 
 class LeaseHeldError(OsqueueError):
@@ -125,20 +135,29 @@ async def acquire(
     commit_id: str,
     max_recent_commits: int,
     wait: bool = False,
+    max_retries: int = 0,
+    retry_delay: Callable[[int], float] | None = None,
 ) -> Leadership:
     """Become the leader of the queue at ``key``, creating the queue if it does not exist.
 
     Raises ``LeaseHeldError`` while another broker's lease is live (or waits for it to
     lapse when ``wait`` is True), ``StateDecodeError`` for a ``queue.json`` that does not
     decode (it is never overwritten), and ``ElectionError`` after repeated failures.
+    A retryable ``StorageBackendError`` (429, 503) of a read, create or write is retried up
+    to ``max_retries`` times, after ``retry_delay(n)`` seconds before the n-th retry
+    (default 0 retries); the last such error, or any other, is raised.
     """
+
+    def retrying(operation: str, call: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
+        return _retry_storage(operation, call, address=address, key=key,
+                              max_retries=max_retries, retry_delay=retry_delay)
 
     lost_races = 0
     while lost_races < MAX_ACQUIRE_ROUNDS:
-        read = await storage.read(key)
+        read = await retrying("read", lambda: storage.read(key))
         now = clock()
         if read is None:
-            won = await _create(storage, key, address, now, lease_seconds, commit_id)
+            won = await _create(storage, key, address, now, lease_seconds, commit_id, retrying)
         else:
             state = decode_state(read.data)
             if not lease_expired(state.broker, now):
@@ -153,7 +172,8 @@ async def acquire(
                 state, address=address, now=now, lease_seconds=lease_seconds,
                 commit_id=commit_id, max_recent_commits=max_recent_commits,
             )
-            won = await _write(storage, key, new_state, read.version, commit_id, address)
+            won = await _write(storage, key, new_state, read.version, commit_id, address,
+                               retrying)
         if won is not None:
             logger.info(
                 "broker %r leads epoch %d of %r", address, won[0].broker.epoch, key)
@@ -167,36 +187,64 @@ async def acquire(
     )
 
 
+async def _retry_storage(
+    operation: str,
+    call: Callable[[], Awaitable[_T]],
+    *,
+    address: str,
+    key: str,
+    max_retries: int,
+    retry_delay: Callable[[int], float] | None,
+) -> _T:
+    """Await ``call()``, retrying a retryable ``StorageBackendError`` (never applied)."""
+
+    retry = 0
+    while True:
+        try:
+            return await call()
+        except StorageBackendError as error:
+            if not error.retryable or retry >= max_retries or retry_delay is None:
+                raise
+            retry += 1
+            delay = retry_delay(retry)
+            logger.warning("broker %r: %s of %r failed (%s); retry %d of %d in %.3f s",
+                           address, operation, key, error, retry, max_retries, delay)
+            await anyio.sleep(delay)
+
+
 async def _create(
     storage: StorageBackend, key: str, address: str, now: float, lease_seconds: float,
-    commit_id: str,
+    commit_id: str, retrying: Callable[..., Awaitable],
 ) -> tuple[QueueState, StorageVersion] | None:
     state = initial_state(address=address, epoch=1, now=now, lease_seconds=lease_seconds)
     state = _with_commit(state, commit_id)
+    data = encode_state(state)
     try:
-        version = await storage.create_if_not_exists(key, encode_state(state))
+        version = await retrying("create", lambda: storage.create_if_not_exists(key, data))
     except CASConflictError:
         return None
     except IndeterminateWriteError:
-        return await _settle(storage, key, commit_id, address)
+        return await _settle(storage, key, commit_id, address, retrying)
     return state, version
 
 
 async def _write(
     storage: StorageBackend, key: str, state: QueueState, expected: StorageVersion,
-    commit_id: str, address: str,
+    commit_id: str, address: str, retrying: Callable[..., Awaitable],
 ) -> tuple[QueueState, StorageVersion] | None:
+    data = encode_state(state)
     try:
-        version = await storage.write(key, encode_state(state), expected)
+        version = await retrying("takeover write", lambda: storage.write(key, data, expected))
     except CASConflictError:
         return None
     except IndeterminateWriteError:
-        return await _settle(storage, key, commit_id, address)
+        return await _settle(storage, key, commit_id, address, retrying)
     return state, version
 
 
 async def _settle(
-    storage: StorageBackend, key: str, commit_id: str, address: str
+    storage: StorageBackend, key: str, commit_id: str, address: str,
+    retrying: Callable[..., Awaitable],
 ) -> tuple[QueueState, StorageVersion] | None:
     """Read back after an unknown outcome: won only if our commit id is in the state.
 
@@ -204,7 +252,7 @@ async def _settle(
     must also still name ``address`` as the leader.
     """
 
-    read = await storage.read(key)
+    read = await retrying("read back", lambda: storage.read(key))
     if read is None:
         return None
     state = decode_state(read.data)

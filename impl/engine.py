@@ -18,8 +18,9 @@ base state (sequence ``s``) and sent with that base's version token. Outcomes:
 - ``CASConflictError`` (412, 404, or 409 ``CONCURRENT_REQUEST``): not applied. After a
   stale-version conflict the engine reads again; after a 409 it keeps its state. It backs
   off with exponential delay and jitter and applies the batch to the current state.
-- retryable ``StorageBackendError`` (429, 503): not applied; back off and retry. New
-  mutations keep collecting for the next batch meanwhile.
+- retryable ``StorageBackendError`` (429, 503): not applied; back off from the larger
+  ``rate_limit_backoff_base`` and retry, then space the next writes apart for a while.
+  New mutations keep collecting for the next batch meanwhile.
 - ``IndeterminateWriteError``: the attempt may have landed. The engine reads back:
 
   * the commit id is in ``recent_commits``: the batch landed exactly once, and the callers
@@ -45,7 +46,8 @@ Fencing
 -------
 The engine writes only on top of states whose broker record names its own address and
 epoch. On reading anything else it steps down: the batch and every pending mutation get
-``NotLeaderError`` and the engine accepts nothing more. See ``osqueue.election``.
+``NotLeaderError`` and the engine accepts nothing more. A clean stop releases the lease
+with one last commit whose broker record has no address. See ``osqueue.election``.
 """
 
 from __future__ import annotations
@@ -119,7 +121,12 @@ class CommitFailedError(OsqueueError):
 
 
 class StateTooLargeError(OsqueueError):
-    """The encoded state would exceed ``max_state_bytes`` even without the batch's enqueues."""
+    """The encoded state is larger than a limit allows.
+
+    The engine no longer raises it: at ``max_state_bytes`` it rejects enqueues with
+    ``Rejected(STATE_TOO_LARGE)`` and commits everything else. The class stays for callers
+    that catch it.
+    """
 
     tag = "StateTooLargeError"
 
@@ -152,6 +159,13 @@ class EngineConfig:
     ``renew_deadline``: the engine steps down when its last successful commit is older
     (default two thirds of the lease). ``max_batch_size`` counts jobs of an enqueue
     individually. ``max_retries`` bounds the write attempts of one batch.
+
+    Retries back off exponentially with jitter: the n-th retry waits between half and all of
+    ``min(backoff_max, base * 2 ** (n - 1))``. ``base`` is ``backoff_base`` after a CAS
+    conflict and ``rate_limit_backoff_base`` after a retryable storage error (429 or 503),
+    because a store that limits the write rate of one object (about one write per second
+    on GCS) rejects most of a fast writer's retries. Start-up storage calls (the read, the
+    create and the takeover write) retry retryable storage errors the same way.
     """
 
     key: str = DEFAULT_KEY
@@ -164,13 +178,14 @@ class EngineConfig:
     max_state_bytes: int = 64 * 1024 * 1024
     max_retries: int = 12
     backoff_base: float = 0.005
+    rate_limit_backoff_base: float = 1.0
     backoff_max: float = 2.0
     max_recent_commits: int = DEFAULT_RECENT_COMMITS
     stop_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_timeout", "lease_seconds", "backoff_base", "backoff_max",
-                     "stop_timeout"):
+        for name in ("heartbeat_timeout", "lease_seconds", "backoff_base",
+                     "rate_limit_backoff_base", "backoff_max", "stop_timeout"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ConfigError(name, f"must be a positive number of seconds, got {value!r}",
@@ -243,6 +258,10 @@ class EngineStats:
             "commit_latency_max": latencies[-1] if latencies else 0.0,
         }
 
+
+# How long, in units of rate_limit_backoff_base, the writer keeps spacing its writes after
+# the last rate-limit answer.
+_RATE_LIMIT_MEMORY = 10
 
 # Mutations of these exact types weigh 1 and go to the writer as they are.
 _UNWEIGHTED_MUTATIONS = frozenset({spec.Claim, spec.Heartbeat, spec.Complete, spec.Fail})
@@ -382,6 +401,16 @@ def _current_async_library() -> str | None:
     except RuntimeError:
         return None
     return "asyncio"
+
+
+def _stop_cause(error: BaseException) -> str:
+    """Describe why the writer ended, for the message of a batch whose outcome is unknown."""
+
+    if isinstance(error, EngineStoppedError):
+        return "was stopped and cancelled its batch after stop_timeout"
+    if isinstance(error, NotLeaderError):
+        return "stepped down as leader"
+    return f"stopped on {type(error).__name__}"
 
 
 def _weight(entry: Any) -> int:
@@ -530,6 +559,10 @@ class GroupCommitEngine:
         self._writer_scope: anyio.CancelScope | None = None
         self._in_doubt = False
         """True while a write of the current batch may have landed unseen."""
+        self._rate_limited_at = -math.inf
+        """Event loop time of the last retryable storage error (429, 503) of a write."""
+        self._last_write_at = -math.inf
+        """Event loop time of the last successful write."""
         self._task_group: anyio.abc.TaskGroup | None = None
 
     # Life cycle -------------------------------------------------------------------------
@@ -542,6 +575,14 @@ class GroupCommitEngine:
 
     @property
     def is_leader(self) -> bool:
+        """The engine's own belief that it leads: it acquired the lease and has not stopped.
+
+        The belief is only as fresh as the engine's last read or write. Another broker may
+        have taken over since, and the engine learns of it only on its next read (after a
+        CAS conflict, for example), when it steps down. Commits are safe regardless,
+        because each one is fenced by the version token and the epoch.
+        """
+
         return self._epoch is not None and self._closed is None
 
     @property
@@ -560,6 +601,8 @@ class GroupCommitEngine:
             commit_id=self._next_commit_id(),
             max_recent_commits=self.config.max_recent_commits,
             wait=self._wait_for_lease,
+            max_retries=self.config.max_retries,
+            retry_delay=functools.partial(self._backoff_delay, rate_limited=True),
         )
         self._epoch = leadership.epoch
         self._current = (leadership.state, leadership.version)
@@ -746,12 +789,14 @@ class GroupCommitEngine:
                 self._writer_scope = scope
                 while not self._stopping:
                     await self._wait_for_work()
+                    await self._pace_after_rate_limit()
                     if self._stopping:
                         break
                     batch = self._take_batch()
                     self._in_doubt = False
                     await self._commit(batch)
                     batch = None
+                await self._release_lease()
         except _Fatal as fatal:
             terminal = fatal.error
             logger.error("engine %r stopped: %s", self.address, fatal.error)
@@ -764,8 +809,10 @@ class GroupCommitEngine:
             in_flight_error: BaseException = terminal
             if self._in_doubt:
                 in_flight_error = CommitIndeterminateError(
-                    f"engine {self.address!r} stopped ({terminal}) while a write of this "
-                    "batch may have landed; its outcome is unknown")
+                    f"engine {self.address!r} {_stop_cause(terminal)} while a write of this "
+                    "batch may have landed, so the outcome of the batch is unknown; read the "
+                    "queue to find out")
+                in_flight_error.__cause__ = terminal
             if batch is not None:
                 batch.fail(in_flight_error)
             _Calls(list(self._pending), list(self._waiters)).fail(terminal)
@@ -789,6 +836,69 @@ class GroupCommitEngine:
             finally:
                 self._writer_idle = False
             self._wake = anyio.Event()
+
+    async def _release_lease(self) -> None:
+        """Commit a state without a leader address, so that any broker can take over at once.
+
+        Runs at a clean stop. The epoch stays, so this engine's fence no longer matches and
+        the next broker's takeover writes ``epoch + 1`` as usual. Nothing is released when
+        the state read shows another leader, or when the renew deadline has passed (the
+        lease may already belong to someone else). A failed release is logged and the lease
+        then lapses after ``lease_seconds``.
+        """
+
+        if self._epoch is None:
+            return
+        commit_id = self._next_commit_id()
+        try:
+            state, version = await self._known_state(commit_id, set())
+            if not holds_lease(state, self.address, self._epoch):
+                logger.info("engine %r: lease already taken by %r in epoch %d; nothing to "
+                            "release", self.address, state.broker.address, state.broker.epoch)
+                return
+            self._check_deadline()
+        except (_BatchAbort, _Fatal) as error:
+            logger.info("engine %r: lease not released: %s", self.address,
+                        getattr(error, "error", error))
+            return
+
+        now = self._clock()
+        broker = BrokerRecord(address=None, epoch=self._epoch, heartbeat_at=now,
+                              lease_seconds=self.config.lease_seconds)
+        outcome = apply_batch(
+            state, [], now=now, commit_id=commit_id,
+            heartbeat_timeout=self.config.heartbeat_timeout, broker=broker,
+            max_recent_commits=self.config.max_recent_commits,
+        )
+        try:
+            self.stats.write_attempts += 1
+            new_version = await self.storage.write(
+                self.config.key, encode_state(outcome.state), version)
+        except (CASConflictError, IndeterminateWriteError, StorageBackendError) as error:
+            logger.warning("engine %r: releasing the lease of epoch %d failed (%s); it lapses "
+                           "after %s s", self.address, self._epoch, error,
+                           self.config.lease_seconds)
+            return
+        self._current = (outcome.state, new_version)
+        logger.info("engine %r released the lease of epoch %d", self.address, self._epoch)
+
+    async def _pace_after_rate_limit(self) -> None:
+        """Space writes apart while the store limits our write rate.
+
+        After a 429 or 503, writing again right after each success would be rejected most
+        of the time. So for ``_RATE_LIMIT_MEMORY`` spacings after the last such answer, the
+        writer waits (collecting mutations into the coming batch) until one spacing,
+        ``min(rate_limit_backoff_base, backoff_max)``, has passed since its last successful
+        write.
+        """
+
+        spacing = min(self.config.rate_limit_backoff_base, self.config.backoff_max)
+        now = anyio.current_time()
+        if now - self._rate_limited_at > _RATE_LIMIT_MEMORY * spacing:
+            return
+        delay = self._last_write_at + spacing - now
+        if delay > 0:
+            await anyio.sleep(delay)
 
     def _take_batch(self) -> _Calls:
         if self._pending_weight <= self.config.max_batch_size:
@@ -898,8 +1008,10 @@ class GroupCommitEngine:
                 if not error.retryable:
                     raise _BatchAbort(self._not_applied(error, uncertain)) from error
                 self.stats.rate_limited += 1
+                self._rate_limited_at = anyio.current_time()
                 continue
 
+            self._last_write_at = anyio.current_time()
             self._current = (attempt.state, new_version)
             return attempt
 
@@ -1021,9 +1133,16 @@ class GroupCommitEngine:
         }
         attempt = build(rejected)
         if len(attempt.data) > limit:
-            raise _BatchAbort(StateTooLargeError(
-                f"the state is {len(attempt.data)} bytes even without enqueues, more than "
-                f"max_state_bytes {limit}; raise the limit"))
+            # Claims, completions, failures, purges, expiry and lease renewal must commit
+            # even at the limit, or a full queue could never drain and its leader would
+            # step down for good. Their growth per mutation is bounded (a failure's error
+            # text is cut to spec.MAX_ERROR_CHARS).
+            # NOTE: a Claim's worker name is not length-limited, so claims with very long
+            # worker names can still push the state well past the limit.
+            logger.warning(
+                "engine %r: batch %s commits a state of %d bytes, more than max_state_bytes "
+                "%d, with its %d enqueues rejected; purge dead letters or raise the limit",
+                self.address, commit_id, len(attempt.data), limit, len(rejected))
         return attempt
 
     def _not_applied(self, error: BaseException, uncertain: set[int]) -> BaseException:
@@ -1036,9 +1155,16 @@ class GroupCommitEngine:
         indeterminate.__cause__ = error
         return indeterminate
 
+    def _backoff_delay(self, retry: int, *, rate_limited: bool) -> float:
+        """Return the jittered delay before retry number ``retry`` (1 for the first)."""
+
+        base = self.config.rate_limit_backoff_base if rate_limited else self.config.backoff_base
+        cap = min(self.config.backoff_max, base * 2 ** (retry - 1))
+        return cap / 2 + self._rng.uniform(0, cap / 2)
+
     async def _backoff(self, retry: int, commit_id: str, error: BaseException | None) -> None:
-        cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (retry - 1))
-        delay = cap / 2 + self._rng.uniform(0, cap / 2)
+        rate_limited = isinstance(error, StorageBackendError) and error.retryable
+        delay = self._backoff_delay(retry, rate_limited=rate_limited)
         logger.info("engine %r: retry %d of batch %s in %.4f s after %s",
                     self.address, retry, commit_id, delay, error)
         await anyio.sleep(delay)

@@ -18,8 +18,10 @@ The engine passes enqueues as ``EncodedEnqueue``, with their payloads already en
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from osqueue.spec import queue as spec
@@ -34,6 +36,8 @@ from osqueue.state import (
     encode_payload,
 )
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_RECENT_COMMITS = 256
 
 _replace = msgspec.structs.replace
@@ -41,6 +45,7 @@ _replace = msgspec.structs.replace
 # Results without fields are immutable and equal to each other, so one instance serves
 # every mutation.
 _ACKNOWLEDGED = spec.Acknowledged()
+_UNDECODABLE = object()
 _NO_JOB_AVAILABLE = spec.NoJobAvailable()
 
 
@@ -253,7 +258,10 @@ class _Batch:
         self.state = state
         self.now = now
         self.jobs = _Jobs(state.jobs)
+        self.dead_letters: list[DeadLetterRecord] = state.dead_letters
+        """The state's dead letters, replaced (never changed in place) by a purge."""
         self.dead: list[DeadLetterRecord] = []
+        """Dead letters added by this batch."""
         self.counts = msgspec.structs.asdict(state.counters)
         self.next_position = state.next_position
         self.next_claim = state.next_claim
@@ -296,6 +304,8 @@ class _Batch:
             return self._claim(mutation)
         if isinstance(mutation, (spec.Heartbeat, spec.Complete, spec.Fail)):
             return self._with_claim(mutation)
+        if isinstance(mutation, spec.PurgeDead):
+            return self._purge_dead(mutation)
         raise TypeError(f"not a queue mutation: {mutation!r}")
 
     def _enqueue(
@@ -357,12 +367,16 @@ class _Batch:
         claims = self._claims
         if claims is None:
             claims = self._claims = _ClaimIndex(self.jobs, self.now)
-        slot = claims.first(mutation.types)
-        if slot is None:
-            return _NO_JOB_AVAILABLE
-
         jobs = self.jobs
-        job = jobs.get(slot)
+        while True:
+            slot = claims.first(mutation.types)
+            if slot is None:
+                return _NO_JOB_AVAILABLE
+            job = jobs.get(slot)
+            payload = self._decoded_payload(slot, job)
+            if payload is not _UNDECODABLE:
+                break
+
         token = spec.claim_token_for(self.next_claim)
         self.next_claim += 1
         attempts = job.attempts + 1
@@ -371,9 +385,23 @@ class _Batch:
             claimed_by=mutation.worker, heartbeat_at=self.now,
         ))
         self.counts["claimed"] += 1
-        return spec.Claimed(
-            job.id, job.type, decode_payload(job.payload), attempts, job.max_attempts, token
-        )
+        return spec.Claimed(job.id, job.type, payload, attempts, job.max_attempts, token)
+
+    def _decoded_payload(self, slot: int, job: JobRecord) -> Any:
+        """Return the decoded payload, or dead-letter the job if its payload does not decode.
+
+        ``encode_payload`` rejects such payloads at submit, so this only happens to a
+        ``queue.json`` written by other software. A claim must not stop the writer, so the
+        job leaves the queue with the reason and the claim moves on to the next job.
+        """
+
+        try:
+            return decode_payload(job.payload)
+        except (msgspec.DecodeError, RecursionError) as error:
+            reason = spec.undecodable_payload_reason(str(error))
+            logger.warning("job %r dead-lettered at claim: %s", job.id, reason)
+            self._dead_letter(slot, job, reason)
+            return _UNDECODABLE
 
     def _with_claim(self, mutation: spec.Heartbeat | spec.Complete | spec.Fail) -> spec.Result:
         jobs = self.jobs
@@ -407,6 +435,16 @@ class _Batch:
         self.counts["returned"] += 1
         return spec.Returned(visible_at)
 
+    def _purge_dead(self, mutation: spec.PurgeDead) -> spec.Result:
+        # Dead letters of earlier mutations of this batch are in self.dead, after the
+        # state's own, so both lists are filtered and their order is kept.
+        matches = mutation.matches
+        before = len(self.dead_letters) + len(self.dead)
+        self.dead_letters = [
+            letter for letter in self.dead_letters if not matches(letter.job.id, letter.died_at)]
+        self.dead = [letter for letter in self.dead if not matches(letter.job.id, letter.died_at)]
+        return spec.Purged(before - len(self.dead_letters) - len(self.dead))
+
     def _dead_letter(self, slot: int, job: JobRecord, reason: str) -> None:
         self.jobs.set(slot, None)
         dead = _released(job, "dead", job.visible_at)
@@ -421,7 +459,7 @@ class _Batch:
         sequence = self.state.sequence + 1
         recent = self.state.recent_commits[-(max_recent_commits - 1):] if max_recent_commits > 1 else []
         recent = [*recent, CommitRecord(sequence, commit_id)]
-        dead_letters = self.state.dead_letters
+        dead_letters = self.dead_letters
         if self.dead:
             dead_letters = [*dead_letters, *self.dead]
         return QueueState(

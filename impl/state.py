@@ -20,9 +20,8 @@ One JSON object contains everything. Its fields, in the order they are written:
 ``jobs``
     live jobs (unclaimed or in progress) in position order.
 ``dead_letters``
-    jobs that ran out of attempts, with the reason, oldest first.
-    NOTE: no mutation removes dead letters yet, so they grow until ``max_state_bytes``
-    makes the engine reject enqueues.
+    jobs that ran out of attempts, with the reason, oldest first. They stay until a
+    ``PurgeDead`` mutation removes them.
 
 Payloads are kept as raw JSON (``msgspec.Raw``), so a commit re-encodes the jobs without
 decoding and re-encoding every payload. Job fields that are null or at their default are
@@ -31,13 +30,15 @@ left out of the JSON. The records are not tracked by Python's cyclic garbage col
 state of 100,000 jobs would otherwise make every full collection slow.
 
 Decoding validates the whole document and raises ``StateDecodeError`` naming the first
-invalid field (for example ``$.jobs[3].attempts``). A ``queue.json`` that does not decode
+invalid field (for example ``$.jobs[3].attempts``). Unknown fields are invalid too: they
+may come from a newer osqueue, and a commit that dropped them would destroy its data. A ``queue.json`` that does not decode
 must never be overwritten; the engine stops with that error.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -59,7 +60,7 @@ class StateDecodeError(OsqueueError, ValueError):
     tag = "StateDecodeError"
 
 
-class JobRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     """One job. ``status`` is ``unclaimed`` or ``in_progress`` in ``jobs``, ``dead`` in a
     dead letter. ``claim_token``, ``claimed_by`` and ``heartbeat_at`` are set exactly while
     the job is in progress."""
@@ -77,14 +78,15 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, g
     payload: msgspec.Raw
 
 
-class DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_unknown_fields=True):
     job: JobRecord
     reason: str
     died_at: float
 
 
-class BrokerRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The current leader. ``address`` is None before any broker took over."""
+class BrokerRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_unknown_fields=True):
+    """The current leader. ``address`` is None before any broker took over, and after the
+    leader of ``epoch`` released the lease at a clean stop; either way the lease is free."""
 
     address: str | None
     epoch: NonNegative
@@ -92,12 +94,12 @@ class BrokerRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     lease_seconds: Annotated[float, msgspec.Meta(gt=0)]
 
 
-class CommitRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
+class CommitRecord(msgspec.Struct, frozen=True, array_like=True, gc=False, forbid_unknown_fields=True):
     sequence: NonNegative
     commit_id: str
 
 
-class Counters(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class Counters(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_unknown_fields=True):
     """Totals since the queue was created; the same fields as ``spec.queue.Counters``."""
 
     enqueued: NonNegative = 0
@@ -108,7 +110,7 @@ class Counters(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     dead: NonNegative = 0
 
 
-class QueueState(msgspec.Struct, frozen=True, kw_only=True):
+class QueueState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The decoded ``queue.json``. See the module docstring for each field.
 
     Instances are never changed in place (the lists included): a commit builds a new state,
@@ -165,17 +167,104 @@ def encode_state(state: QueueState) -> bytes:
 
 
 def encode_payload(payload: Any) -> msgspec.Raw:
-    """Return ``payload`` as raw JSON, or raise ``ValueError`` if it is not JSON-encodable."""
+    """Return ``payload`` as raw JSON, or raise ``ValueError`` naming an invalid value.
+
+    A payload is JSON when it is a dict with str keys, a list or tuple, a str, an int, a
+    finite float, a bool or None, recursively. Everything else is rejected, never converted
+    (msgspec alone would turn NaN into null, bytes into base64 and a set into a list). A
+    ``msgspec.Raw`` payload is decoded once, so malformed JSON or a number out of range
+    (``1e400``) never reaches ``queue.json``. Cost: O(payload size).
+    """
 
     if isinstance(payload, msgspec.Raw):
-        return payload
+        return _checked_raw(payload)
+    kind = type(payload)
+    if kind is str or kind is int or kind is bool or payload is None:
+        return msgspec.Raw(_encoder.encode(payload))
+
+    # Fast path, in C: every conversion msgspec makes (NaN to null, bytes to base64, a set
+    # to a list, a datetime, UUID or Decimal to a string, an int key to a str key) changes
+    # the value, so the decoded copy compares unequal. Tuples also compare unequal to the
+    # lists they decode to, and take the slow path below, which accepts them.
+    try:
+        data = _encoder.encode(payload)
+        if msgspec.json.decode(data) == payload:
+            return msgspec.Raw(data)
+    except (TypeError, msgspec.EncodeError, msgspec.DecodeError, RecursionError):
+        pass
+
+    problem = _json_problem(payload)
+    if problem is not None:
+        path, message = problem
+        raise ValueError(
+            f"payload{path}: {message} is not JSON; use dicts with str keys, lists, strings, "
+            "ints, finite floats, booleans and None"
+        )
     try:
         return msgspec.Raw(_encoder.encode(payload))
     except (TypeError, msgspec.EncodeError) as error:
         raise ValueError(
-            f"job payload {payload!r:.80} cannot be encoded as JSON ({error}); use dicts, "
+            f"payload {payload!r:.80} cannot be encoded as JSON ({error}); use dicts, "
             "lists, strings, numbers, booleans and None"
         ) from error
+
+
+def _checked_raw(payload: msgspec.Raw) -> msgspec.Raw:
+    try:
+        msgspec.json.decode(payload)
+    except msgspec.DecodeError as error:
+        raise ValueError(
+            f"raw payload {bytes(payload)!r:.80} is not valid JSON ({error}); send complete "
+            "JSON with numbers within the range of a 64-bit float"
+        ) from None
+    except RecursionError:
+        raise ValueError("raw payload is nested too deeply to decode; flatten it") from None
+    return payload
+
+
+def _json_problem(value: Any) -> tuple[str, str] | None:
+    """Return the path and description of a value that is not JSON, or None.
+
+    Containers are walked with an explicit stack, so deep nesting cannot exhaust Python's
+    recursion limit. A path is a linked list ``(segment, parent path)`` that costs O(1) per
+    value and is rendered only for the invalid value, so a valid payload costs O(size).
+    """
+
+    stack: list[tuple[Any, tuple[Any, Any] | None]] = [(value, None)]
+    while stack:
+        item, path = stack.pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                return _render_path(path), f"float {item!r}"
+            continue
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return _render_path(path), f"dict key {key!r} of type {type(key).__name__}"
+                stack.append((child, (key, path)))
+            continue
+        if isinstance(item, (list, tuple)):
+            for index, child in enumerate(item):
+                stack.append((child, (index, path)))
+            continue
+        # Subclasses (IntEnum, StrEnum) encode as their int or str value, as in Python's json.
+        if isinstance(item, (str, int)):
+            continue
+        if isinstance(item, float) and math.isfinite(item):
+            continue
+        return _render_path(path), f"{type(item).__name__} {item!r:.60}"
+    return None
+
+
+def _render_path(path: tuple[Any, Any] | None) -> str:
+    segments = []
+    while path is not None:
+        segment, path = path
+        segments.append(f"[{segment!r}]")
+    return "".join(reversed(segments))
 
 
 def decode_payload(raw: msgspec.Raw) -> Any:

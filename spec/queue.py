@@ -37,6 +37,9 @@ Operations
     is rejected with ``UNKNOWN_JOB``. A rejection is an explicit result, never a silent
     no-op. ``Fail`` gives the job back, visible again after ``delay`` seconds, or moves it
     to the dead letters when it has used all its attempts.
+``PurgeDead``
+    removes matching dead letters for good (see ``PurgeDead``); their jobs are then no
+    longer known to the queue, so ``status_of`` returns None for them.
 ``expire(now, timeout)``
     returns every in-progress job whose last heartbeat is more than ``timeout`` seconds old
     (``now - heartbeat_at > timeout``), or dead-letters it when it has no attempts left. Its
@@ -206,7 +209,10 @@ class Complete:
 
 @dataclass(frozen=True, slots=True)
 class Fail:
-    """Give job ``job_id`` back, visible again after ``delay`` seconds, or dead-letter it."""
+    """Give job ``job_id`` back, visible again after ``delay`` seconds, or dead-letter it.
+
+    A dead letter's reason keeps at most ``MAX_ERROR_CHARS`` characters of ``error``.
+    """
 
     job_id: str
     token: str
@@ -221,8 +227,44 @@ class Fail:
         _require_time("Fail.delay", self.delay)
 
 
-Mutation = Enqueue | Claim | Heartbeat | Complete | Fail
-MUTATION_TYPES = (Enqueue, Claim, Heartbeat, Complete, Fail)
+@dataclass(frozen=True, slots=True)
+class PurgeDead:
+    """Remove dead letters for good: those whose job id is in ``job_ids`` (every id when
+    None) and that died before ``before`` (``died_at < before``; any time when None).
+
+    With both None it removes every dead letter. Live jobs are never touched, and the
+    ``dead`` counter keeps counting the removed ones.
+    """
+
+    job_ids: tuple[str, ...] | None = None
+    before: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.job_ids is not None:
+            if not isinstance(self.job_ids, tuple) or not self.job_ids:
+                raise ValueError(
+                    f"PurgeDead.job_ids must be None (every dead letter) or a non-empty tuple "
+                    f"of job ids, got {self.job_ids!r}; for example ('job-7',)"
+                )
+            for job_id in self.job_ids:
+                _require_text("job id in PurgeDead.job_ids", job_id, "job-7")
+        if self.before is not None:
+            before = self.before
+            if isinstance(before, bool) or not isinstance(before, (int, float)) or not (
+                    math.isfinite(before)):
+                raise ValueError(
+                    f"PurgeDead.before must be None or a finite time in seconds, got {before!r}")
+
+    def matches(self, letter_job_id: str, died_at: float) -> bool:
+        """True when the dead letter of ``letter_job_id`` that died at ``died_at`` goes."""
+
+        if self.job_ids is not None and letter_job_id not in self.job_ids:
+            return False
+        return self.before is None or died_at < self.before
+
+
+Mutation = Enqueue | Claim | Heartbeat | Complete | Fail | PurgeDead
+MUTATION_TYPES = (Enqueue, Claim, Heartbeat, Complete, Fail, PurgeDead)
 
 
 # ----------------------------------------------------------------------------------------
@@ -270,12 +312,22 @@ class DeadLettered:
 
 
 @dataclass(frozen=True, slots=True)
+class Purged:
+    """The number of dead letters a ``PurgeDead`` removed (0 when none matched)."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     reason: RejectReason
     message: str
 
 
-Result = Enqueued | Claimed | NoJobAvailable | Acknowledged | Returned | DeadLettered | Rejected
+Result = (
+    Enqueued | Claimed | NoJobAvailable | Acknowledged | Returned | DeadLettered | Purged
+    | Rejected
+)
 
 
 # ----------------------------------------------------------------------------------------
@@ -353,9 +405,30 @@ def claim_token_for(number: int) -> str:
     return f"c{number}"
 
 
+MAX_ERROR_CHARS = 1000
+"""``Fail.error`` text beyond this many characters is cut off in the dead-letter reason."""
+
+
+def truncate_error(error: str) -> str:
+    """Return ``error`` cut to ``MAX_ERROR_CHARS`` characters plus a marker saying so.
+
+    Bounding the stored text keeps one long error from pushing the state over its size
+    limit, which would otherwise hold up the unrelated mutations of the same commit.
+    """
+
+    if len(error) <= MAX_ERROR_CHARS:
+        return error
+    cut = len(error) - MAX_ERROR_CHARS
+    return f"{error[:MAX_ERROR_CHARS]}... [{cut} more characters cut]"
+
+
 def fail_reason(attempts: int, max_attempts: int, error: str) -> str:
     reason = f"failed on attempt {attempts} of {max_attempts}"
-    return f"{reason}: {error}" if error else reason
+    return f"{reason}: {truncate_error(error)}" if error else reason
+
+
+def undecodable_payload_reason(error: str) -> str:
+    return f"stored payload is not valid JSON ({truncate_error(error)}); it cannot be claimed"
 
 
 def expiry_reason(attempts: int, max_attempts: int, timeout: float) -> str:
@@ -413,6 +486,8 @@ def apply(model: QueueModel, mutation: Mutation, now: float) -> tuple[QueueModel
     if isinstance(mutation, Fail):
         return _with_claim(model, mutation.job_id, mutation.token, lambda job: _fail(
             model, job, mutation, now))
+    if isinstance(mutation, PurgeDead):
+        return _purge_dead(model, mutation)
     raise TypeError(f"not a queue mutation: {mutation!r}; use one of {MUTATION_TYPES}")
 
 
@@ -583,6 +658,17 @@ def _fail(model: QueueModel, job: Job, mutation: Fail, now: float) -> tuple[Queu
     counters = replace(model.counters, returned=model.counters.returned + 1)
     model = replace(model, jobs=_replace_job(model.jobs, job), counters=counters)
     return model, Returned(visible_at)
+
+
+def _purge_dead(model: QueueModel, mutation: PurgeDead) -> tuple[QueueModel, Result]:
+    kept = tuple(
+        letter for letter in model.dead_letters
+        if not mutation.matches(letter.job.id, letter.died_at)
+    )
+    removed = len(model.dead_letters) - len(kept)
+    if not removed:
+        return model, Purged(0)
+    return replace(model, dead_letters=kept), Purged(removed)
 
 
 def _released(job: Job, status: JobStatus, visible_at: float) -> Job:

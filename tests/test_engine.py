@@ -6,8 +6,10 @@ Timing-sensitive tests run under trio with a MockClock (virtual time).
 from __future__ import annotations
 
 import anyio
+import msgspec
 import pytest
 import trio.testing
+from osqueue.election import take_over
 from osqueue.engine import (
     EngineConfig,
     EngineStoppedError,
@@ -16,7 +18,7 @@ from osqueue.engine import (
 )
 from osqueue.errors import ConfigError
 from osqueue.spec import queue as spec
-from osqueue.state import StateDecodeError
+from osqueue.state import StateDecodeError, decode_state, encode_state
 from osqueue.storage.memory import MemoryBackend
 
 from tests.engine_support import (
@@ -52,7 +54,7 @@ async def test_enqueue_claim_complete_round_trip():
     assert done == spec.Acknowledged()
     assert state.jobs == []
     assert state.counters.completed == 1
-    assert state.broker.address == "broker-a"
+    assert state.broker.address is None
     assert state.broker.epoch == 1
 
 
@@ -155,7 +157,7 @@ async def test_unencodable_payload_fails_its_caller_only():
     backend = MemoryBackend()
 
     async with make_engine(backend) as engine:
-        with pytest.raises(ValueError, match="cannot be encoded as JSON"):
+        with pytest.raises(ValueError, match="is not JSON"):
             await engine.enqueue("a", object())
         assert await engine.enqueue("a", [1, 2]) == spec.Enqueued(("job-1",))
 
@@ -253,6 +255,11 @@ async def test_stop_cancels_stuck_write_as_indeterminate():
             await engine.stop()
 
     assert len(errors) == 1
+    message = str(errors[0])
+    assert "was stopped and cancelled its batch after stop_timeout" in message
+    assert "outcome of the batch is unknown" in message
+    assert "not applied" not in message
+    assert "before the mutation was written" not in message
 
 
 async def test_idle_engine_renews_lease():
@@ -346,3 +353,182 @@ def test_config_rejects_invalid_values(option, value):
 def test_address_must_be_text():
     with pytest.raises(ConfigError, match="address"):
         GroupCommitEngine(MemoryBackend(), address="")
+
+
+# Payload validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"[1,", b"1e400"])
+async def test_invalid_raw_payload_rejected_at_submit(raw):
+    backend = MemoryBackend()
+
+    async with make_engine(backend) as engine:
+        with pytest.raises(ValueError, match="raw payload .* is not valid JSON"):
+            await engine.enqueue("raw", msgspec.Raw(raw))
+        await engine.enqueue("ok", msgspec.Raw(b'{"n": 1}'))
+        claimed = await engine.submit(spec.Claim("w"))
+
+    assert claimed.payload == {"n": 1}
+    assert job_ids(await stored_state(backend)) == ["job-1"]
+
+
+async def test_nan_payload_rejected_with_path():
+    backend = MemoryBackend()
+
+    async with make_engine(backend) as engine:
+        with pytest.raises(ValueError, match=r"payload\['a'\]\[1\]: float nan is not JSON"):
+            await engine.enqueue("a", {"a": [1, float("nan")]})
+        with pytest.raises(ValueError, match=r"payload\[0\]: bytes"):
+            await engine.submit_many([spec.Enqueue.one("a", [b"x"])])
+
+
+async def test_undecodable_stored_payload_does_not_stop_writer():
+    backend = MemoryBackend()
+
+    async with make_engine(backend) as engine:
+        await engine.enqueue("a", 1)
+        await engine.enqueue("a", 2)
+    read = await backend.read(KEY)
+    state = decode_state(read.data)
+    bad = msgspec.structs.replace(state.jobs[0], payload=msgspec.Raw(b"1e400"))
+    await backend.write(KEY, encode_state(msgspec.structs.replace(
+        state, jobs=[bad, *state.jobs[1:]])), read.version)
+
+    async with make_engine(backend) as engine:
+        claimed = await engine.submit(spec.Claim("w"))
+        assert engine.is_leader
+
+    state = await stored_state(backend)
+    assert claimed.job_id == "job-2"
+    assert [letter.job.id for letter in state.dead_letters] == ["job-1"]
+
+
+# State size limit ----------------------------------------------------------------------------
+
+
+async def test_long_fail_error_commits_whole_batch():
+    backend = MemoryBackend()
+
+    async with make_engine(backend, max_state_bytes=4000) as engine:
+        await engine.submit_many([spec.Enqueue.one("a", 1, max_attempts=1),
+                                  spec.Enqueue.one("a", 2)])
+        first = await engine.submit(spec.Claim("w"))
+        second = await engine.submit(spec.Claim("w"))
+        failed, done = await engine.submit_many([
+            spec.Fail(first.job_id, first.token, "e" * 100_000),
+            spec.Complete(second.job_id, second.token),
+        ])
+
+    state = await stored_state(backend)
+    assert isinstance(failed, spec.DeadLettered)
+    assert done == spec.Acknowledged()
+    assert "more characters cut" in state.dead_letters[0].reason
+    assert len(state.dead_letters[0].reason) < 1200
+
+
+def _full_state_config():
+    return {"max_state_bytes": 2000, "lease_seconds": 9.0, "heartbeat_timeout": 1e6}
+
+
+async def _fill_with_dead_letters(engine) -> None:
+    while True:
+        result = await engine.enqueue("a", "p" * 100, max_attempts=1)
+        if isinstance(result, spec.Rejected):
+            assert result.reason is spec.RejectReason.STATE_TOO_LARGE
+            return
+        claimed = await engine.submit(spec.Claim("w"))
+        await engine.submit(spec.Fail(claimed.job_id, claimed.token, "boom"))
+
+
+async def test_full_state_keeps_renewing_lease():
+    backend = MemoryBackend()
+
+    async with make_engine(backend, **_full_state_config()) as engine:
+        await _fill_with_dead_letters(engine)
+        commits = engine.stats.commits
+        await anyio.sleep(30.0)
+        assert engine.is_leader
+        assert engine.stats.commits >= commits + 8
+        assert engine.stats.failed_batches == 0
+        rejected = await engine.enqueue("a", "more")
+
+    assert rejected.reason is spec.RejectReason.STATE_TOO_LARGE
+
+
+async def test_full_state_takeover_succeeds():
+    backend = MemoryBackend()
+    clock = Clock()
+
+    async with make_engine(backend, clock, **_full_state_config()) as engine:
+        await _fill_with_dead_letters(engine)
+        # Keep the lease instead of releasing it, as a crashed broker would.
+        engine._epoch = None
+    clock.jump(10.0)
+
+    async with make_engine(backend, clock, address="broker-b",
+                           **_full_state_config()) as successor:
+        assert successor.epoch == 2
+        await anyio.sleep(10.0)
+        assert successor.is_leader
+
+
+async def test_purge_dead_frees_room_for_enqueues():
+    backend = MemoryBackend()
+
+    async with make_engine(backend, **_full_state_config()) as engine:
+        await _fill_with_dead_letters(engine)
+        dead = len(engine.state.dead_letters)
+        purged = await engine.submit(spec.PurgeDead())
+        enqueued = await engine.enqueue("a", "fits again")
+
+    state = await stored_state(backend)
+    assert purged == spec.Purged(dead)
+    assert isinstance(enqueued, spec.Enqueued)
+    assert state.dead_letters == []
+    assert state.counters.dead == dead
+
+
+# Lease release at stop ------------------------------------------------------------------------
+
+
+async def test_stop_releases_lease():
+    backend = MemoryBackend()
+    clock = Clock()
+
+    async with make_engine(backend, clock, lease_seconds=30.0) as engine:
+        await engine.enqueue("a")
+    released = await stored_state(backend)
+    started = anyio.current_time()
+
+    async with make_engine(backend, clock, address="broker-b", lease_seconds=30.0) as other:
+        assert other.epoch == 2
+        assert anyio.current_time() == started
+        assert job_ids(other.state) == ["job-1"]
+
+    assert released.broker.address is None
+    assert released.broker.epoch == 1
+    assert not engine.is_leader
+
+
+async def test_same_address_restarts_at_once():
+    backend = MemoryBackend()
+
+    async with make_engine(backend):
+        pass
+    async with make_engine(backend) as restarted:
+        assert restarted.epoch == 2
+
+
+async def test_deposed_engine_does_not_release():
+    backend = MemoryBackend()
+    clock = Clock()
+
+    async with make_engine(backend, clock):
+        read = await backend.read(KEY)
+        taken = take_over(decode_state(read.data), address="broker-b", now=clock(),
+                          lease_seconds=30.0, commit_id="takeover", max_recent_commits=256)
+        await backend.write(KEY, encode_state(taken), read.version)
+
+    state = await stored_state(backend)
+    assert state.broker.address == "broker-b"
+    assert state.broker.epoch == 2

@@ -1,7 +1,7 @@
 """Stateful test: GroupCommitEngine on MemoryBackend against the queue spec.
 
 Hypothesis drives random sequences of enqueues, claims, heartbeats, completions, failures,
-time steps, concurrent groups of mutations and injected storage faults (dropped requests
+dead-letter purges, time steps, concurrent groups of mutations and injected storage faults (dropped requests
 and responses, 409, 503). After every step the results must equal the spec's and the stored
 ``queue.json`` must decode to the spec's model.
 """
@@ -108,6 +108,13 @@ class EngineMachine(RuleBasedStateMachine):
     def fail(self, index, delay):
         held = self.held(index)
         self.submit(spec.Fail(held.job_id, held.token, "boom", delay))
+
+    @rule(
+        job_ids=st.sampled_from([None, ("x",), ("y", "job-1")]),
+        before=st.sampled_from([None, None, 1010.0]),
+    )
+    def purge_dead(self, job_ids, before):
+        self.submit(spec.PurgeDead(job_ids, before))
 
     @rule(seconds=st.sampled_from([1.0, 4.0, 11.0]))
     def advance_time(self, seconds):

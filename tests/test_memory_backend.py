@@ -482,3 +482,38 @@ async def test_foreign_token_changes_nothing(token: object) -> None:
     result = await store.read("k")
     assert result is not None
     assert result.version == version
+
+
+async def test_set_fault_rates_changes_faults() -> None:
+    store = MemoryBackend(rng=random.Random(1))
+    await store.create_if_not_exists("k", b"x")
+
+    store.set_fault_rates({Fault.UNAVAILABLE: 1.0})
+    with pytest.raises(StorageBackendError):
+        await store.read("k")
+
+    store.set_fault_rates(None)
+    assert (await store.read("k")).data == b"x"
+    assert store.faults_injected[Fault.UNAVAILABLE] == 1
+
+
+@pytest.mark.parametrize(
+    ("rates", "error", "message"),
+    [({Fault.UNAVAILABLE: 1.5}, ValueError, "from 0 to 1"),
+     ({Fault.UNAVAILABLE: -0.1}, ValueError, "from 0 to 1"),
+     ({Fault.UNAVAILABLE: "0.5"}, TypeError, "from 0 to 1"),
+     ({"unavailable": 0.5}, TypeError, "not a Fault")],
+)
+def test_set_fault_rates_rejects_invalid(rates, error, message) -> None:
+    store = MemoryBackend(rng=random.Random(1))
+
+    with pytest.raises(error, match=message):
+        store.set_fault_rates(rates)
+
+
+def test_set_fault_rates_needs_seeded_rng() -> None:
+    store = MemoryBackend()
+
+    with pytest.raises(ValueError, match="rng"):
+        store.set_fault_rates({Fault.UNAVAILABLE: 0.5})
+    store.set_fault_rates({})

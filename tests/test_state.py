@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
+import uuid
 
 import msgspec
 import pytest
@@ -14,6 +17,7 @@ from osqueue.state import (
     SCHEMA_VERSION,
     StateDecodeError,
     decode_state,
+    encode_payload,
     encode_state,
     initial_state,
     to_model,
@@ -221,7 +225,7 @@ def test_apply_batch_matches_spec(plan):
 
 
 def test_payload_must_be_json():
-    with pytest.raises(ValueError, match="cannot be encoded as JSON"):
+    with pytest.raises(ValueError, match="is not JSON"):
         commit(initial_state(), [spec.Enqueue.one("a", object())])
 
 
@@ -231,3 +235,150 @@ def test_raw_payload_is_kept_verbatim():
     state = commit(initial_state(), [spec.Enqueue.one("a", payload)]).state
 
     assert b'"payload":{"k":[1,2]}' in encode_state(state)
+
+
+@pytest.mark.parametrize("raw", [b"[1,", b"1e400", b'{"a": 1} x', b""])
+def test_raw_payload_invalid_rejected(raw):
+    with pytest.raises(ValueError, match="raw payload .* is not valid JSON"):
+        encode_payload(msgspec.Raw(raw))
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"a": [1, 2, float("nan")]}, r"payload\['a'\]\[2\]: float nan is not JSON"),
+        (float("inf"), r"payload: float inf is not JSON"),
+        ([b"x"], r"payload\[0\]: bytes b'x' is not JSON"),
+        ({"s": {1, 2}}, r"payload\['s'\]: set \{1, 2\} is not JSON"),
+        ({1: "x"}, r"payload: dict key 1 of type int is not JSON"),
+        ({"t": datetime.datetime(2026, 1, 1)}, r"payload\['t'\]: datetime .* is not JSON"),
+        (uuid.UUID(int=1), r"payload: UUID .* is not JSON"),
+        ({"d": [decimal.Decimal("1.5")]}, r"payload\['d'\]\[0\]: Decimal .* is not JSON"),
+        ({"r": msgspec.Raw(b"1")}, r"payload\['r'\]: Raw"),
+    ],
+)
+def test_payload_not_json_names_path(payload, message):
+    with pytest.raises(ValueError, match=message):
+        encode_payload(payload)
+
+
+def test_payload_json_values_accepted():
+    payload = {"a": [1, 2.5, None, True, "s", (3, 4)], "b": {"c": -1}, "big": 2**80}
+
+    raw = encode_payload(payload)
+
+    assert msgspec.json.decode(raw) == {**payload, "a": [1, 2.5, None, True, "s", [3, 4]]}
+
+
+def test_payload_deep_nesting_checked():
+    payload: list = []
+    for _ in range(5000):
+        payload = [payload]
+
+    with pytest.raises(ValueError, match=r"float nan is not JSON"):
+        encode_payload([payload, float("nan")])
+
+
+def test_undecodable_stored_payload_dead_lettered():
+    state = commit(initial_state(), [spec.Enqueue.one("a", 1), spec.Enqueue.one("a", 2)]).state
+    bad = msgspec.structs.replace(state.jobs[0], payload=msgspec.Raw(b"1e400"))
+    state = msgspec.structs.replace(state, jobs=[bad, state.jobs[1]])
+
+    outcome = commit(state, [spec.Claim("w1")], now=1.0)
+
+    claimed = outcome.results[0]
+    assert isinstance(claimed, spec.Claimed)
+    assert claimed.job_id == state.jobs[1].id
+    assert claimed.payload == 2
+    assert [letter.job.id for letter in outcome.state.dead_letters] == [bad.id]
+    assert "stored payload is not valid JSON" in outcome.state.dead_letters[0].reason
+    assert outcome.state.counters.dead == 1
+
+
+def test_undecodable_payload_only_job_gives_none():
+    state = commit(initial_state(), [spec.Enqueue.one("a", 1)]).state
+    bad = msgspec.structs.replace(state.jobs[0], payload=msgspec.Raw(b"[1,"))
+    state = msgspec.structs.replace(state, jobs=[bad])
+
+    outcome = commit(state, [spec.Claim("w1")], now=1.0)
+
+    assert outcome.results == [spec.NoJobAvailable()]
+    assert outcome.state.jobs == []
+    assert len(outcome.state.dead_letters) == 1
+
+
+@pytest.mark.parametrize("where", ["top", "broker", "job", "counters"])
+def test_unknown_field_rejected(where):
+    state = commit(initial_state(address="b"), [spec.Enqueue.one("a", 1)]).state
+    document = json.loads(encode_state(state))
+    target = {"top": document, "broker": document["broker"], "job": document["jobs"][0],
+              "counters": document["counters"]}[where]
+    target["added_by_newer_version"] = 1
+
+    with pytest.raises(StateDecodeError, match="added_by_newer_version"):
+        decode_state(json.dumps(document).encode())
+
+
+def test_fail_error_truncated_in_reason():
+    state = commit(initial_state(), [spec.Enqueue.one("a", 1, max_attempts=1)]).state
+    token = commit(state, [spec.Claim("w")]).results[0].token
+    state = commit(state, [spec.Claim("w")]).state
+
+    result = commit(state, [spec.Fail(state.jobs[0].id, token, "x" * 100_000)]).results[0]
+
+    assert isinstance(result, spec.DeadLettered)
+    assert len(result.reason) < spec.MAX_ERROR_CHARS + 100
+    assert result.reason.endswith(f"... [{100_000 - spec.MAX_ERROR_CHARS} more characters cut]")
+
+
+def _with_dead_letters(count):
+    state = initial_state()
+    for number in range(count):
+        state = commit(state, [spec.Enqueue.one("a", number, max_attempts=1)], now=number).state
+        claimed = commit(state, [spec.Claim("w")], now=number).results[0]
+        state = commit(state, [spec.Claim("w"), spec.Fail(claimed.job_id, claimed.token, "e")],
+                       now=number).state
+    return state
+
+
+@pytest.mark.parametrize(
+    ("purge", "kept"),
+    [
+        (spec.PurgeDead(), []),
+        (spec.PurgeDead(job_ids=("job-2",)), ["job-1", "job-3"]),
+        (spec.PurgeDead(before=2.0), ["job-3"]),
+        (spec.PurgeDead(job_ids=("job-1", "job-3"), before=1.0), ["job-2", "job-3"]),
+        (spec.PurgeDead(job_ids=("nope",)), ["job-1", "job-2", "job-3"]),
+    ],
+)
+def test_purge_dead_matches_model(purge, kept):
+    state = _with_dead_letters(3)
+    model = to_model(state)
+
+    outcome = commit(state, [purge], now=10.0)
+    model_after, expected = spec.apply(model, purge, 10.0)
+
+    assert [letter.job.id for letter in outcome.state.dead_letters] == kept
+    assert outcome.results == [expected]
+    assert outcome.results[0] == spec.Purged(3 - len(kept))
+    assert to_model(decode_state(encode_state(outcome.state))) == model_after
+    assert outcome.state.counters.dead == 3
+
+
+def test_purge_dead_same_batch_letter():
+    state = commit(initial_state(), [spec.Enqueue.one("a", 1, max_attempts=1)]).state
+    claimed = commit(state, [spec.Claim("w")]).results[0]
+    state = commit(state, [spec.Claim("w")]).state
+
+    outcome = commit(state, [spec.Fail(claimed.job_id, claimed.token), spec.PurgeDead()])
+
+    assert outcome.results[1] == spec.Purged(1)
+    assert outcome.state.dead_letters == []
+
+
+@pytest.mark.parametrize(
+    "options", [{"job_ids": ()}, {"job_ids": ["a"]}, {"job_ids": ("",)},
+                {"before": float("nan")}, {"before": "1"}, {"before": True}])
+def test_purge_dead_invalid_fields(options):
+    with pytest.raises(ValueError, match="PurgeDead|job id"):
+        spec.PurgeDead(**options)

@@ -82,18 +82,45 @@ class MemoryBackend:
     ) -> None:
         self.token_policy = token_policy
         self._latency = latency
-        self._fault_rates = dict(fault_rates or {})
-        if self._fault_rates and rng is None:
-            raise ValueError(
-                "fault_rates needs an explicitly seeded rng, for example rng=random.Random(1), "
-                "so that runs can be replayed"
-            )
         self._rng = rng
+        self._fault_rates = self._validated_rates(fault_rates)
         self.ignore_preconditions = ignore_preconditions
         self._objects: dict[str, _Entry] = {}
         self._counter = 0
         self._queued_faults: deque[tuple[Fault, frozenset[str]]] = deque()
         self.faults_injected: dict[Fault, int] = {fault: 0 for fault in Fault}
+
+    def set_fault_rates(self, rates: dict[Fault, float] | None) -> None:
+        """Replace the random fault rates (None or {} turns them off).
+
+        Validated like the constructor's ``fault_rates``: keys are ``Fault`` members
+        (``TypeError``), rates are numbers from 0 to 1 (``TypeError``, ``ValueError``), and
+        any rates need the backend's seeded ``rng`` (``ValueError``).
+        Faults queued with ``inject`` are kept.
+        """
+
+        self._fault_rates = self._validated_rates(rates)
+        logger.info("memory backend fault rates set to %s",
+                    {fault.value: rate for fault, rate in self._fault_rates.items()})
+
+    def _validated_rates(self, rates: dict[Fault, float] | None) -> dict[Fault, float]:
+        validated = dict(rates or {})
+        for fault, rate in validated.items():
+            if not isinstance(fault, Fault):
+                raise TypeError(
+                    f"fault rate key {fault!r} is not a Fault; use for example Fault.UNAVAILABLE")
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise TypeError(
+                    f"fault rate of {fault.value} must be a number from 0 to 1, got {rate!r}")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(
+                    f"fault rate of {fault.value} must be a number from 0 to 1, got {rate!r}")
+        if validated and self._rng is None:
+            raise ValueError(
+                "fault_rates needs an explicitly seeded rng, for example rng=random.Random(1), "
+                "so that runs can be replayed"
+            )
+        return validated
 
     def inject(
         self,
