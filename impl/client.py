@@ -18,7 +18,8 @@ or ``Overloaded``.
 After the broker may have applied it (a time-out or a dropped connection after the request
 was sent, or 504 ``CommitIndeterminate``), only these requests are sent again:
 
-- reads (``stats``, ``jobs``, ``dead``, ``state``; ``health`` is never retried);
+- reads (``stats``, ``jobs``, ``dead``, ``state``; ``health`` is never retried), and
+  ``purge_dead``, which removes nothing more when applied twice;
 - ``heartbeat``, ``complete`` and ``fail``, which carry the claim token. Applying one twice is
   impossible, because the first application makes the token stale. So a retry of an
   operation that did land is rejected with ``StaleClaimError`` or ``UnknownJobError``, and
@@ -332,6 +333,16 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ClientSetting
     port = _env(env, "BROKER_PORT")
     guessed = parse_urls(broker_url(host, port), "BROKER_HOST/BROKER_PORT")
     if load_settings(env).backend == "memory":
+        # No queue.json to find the leader in: guessing a default address would turn a
+        # missing setting into a confusing "connection refused" 30 seconds later.
+        if host is None and port is None:
+            raise ConfigError(
+                "BROKER_URL",
+                "is not set, and with STORAGE_BACKEND=memory (the default) there is no "
+                "queue.json to find the leader in; set BROKER_URL (or BROKER_HOST and "
+                "BROKER_PORT) to the broker's address, or STORAGE_BACKEND to the broker's",
+                "http://127.0.0.1:8080",
+            )
         return ClientSettings(urls=guessed, queue_key=queue_key, token=token)
 
     urls = guessed if host is not None or port is not None else ()
@@ -430,6 +441,9 @@ class AsyncClient:
         self._rng = rng or random.Random()
         self._leader: str | None = None
         self._next_fixed = 0
+        self._unreachable_count = 0
+        self._last_discovery_error: str | None = None
+        self._discovery_warned = False
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             headers=headers, timeout=timeout, transport=transport, follow_redirects=False
@@ -600,6 +614,29 @@ class AsyncClient:
         result = await self._send(_Call("GET", "/v1/dead", params=params))
         return list(result["dead"])
 
+    async def purge_dead(
+        self, job_ids: Sequence[str] | None = None, *, died_before: float | None = None
+    ) -> int:
+        """Remove dead letters for good and return how many were removed.
+
+        It removes those of ``job_ids`` (every one when None) that died before
+        ``died_before`` (Unix seconds, any time when None). It is retried after an unknown
+        outcome, because a second purge removes nothing more.
+        """
+
+        body: dict[str, Any] = {}
+        if job_ids is not None:
+            if isinstance(job_ids, str) or not job_ids:
+                raise ValueError(
+                    f"job_ids must be None (every dead letter) or a non-empty list of ids, "
+                    f"got {job_ids!r}; for example ['job-7']"
+                )
+            body["jobIds"] = list(job_ids)
+        if died_before is not None:
+            body["diedBefore"] = died_before
+        result = await self._send(_Call("DELETE", "/v1/dead", body))
+        return int(result["purged"])
+
     async def state(self) -> dict[str, Any]:
         """Return the decoded ``queue.json`` as the leader last committed it."""
 
@@ -637,9 +674,7 @@ class AsyncClient:
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
                 # Nothing was sent: safe to try another broker for any request.
                 last_error = error
-                logger.info(
-                    "broker %s unreachable (%s); finding the leader again", self._leader, error
-                )
+                self._log_unreachable(error)
                 self._forget_leader()
             except httpx.TransportError as error:
                 # The request may have reached the broker and been applied.
@@ -664,6 +699,7 @@ class AsyncClient:
                 last_error = error
             else:
                 if response.is_success:
+                    self._log_reachable(url)
                     return response.json()
                 error = error_from_response(response)
                 error.retried = maybe_applied
@@ -683,17 +719,56 @@ class AsyncClient:
                 last_error = error
 
             if self._clock() >= deadline:
-                raise BrokerUnavailableError(
+                message = (
                     f"{call.method} {call.path}: no leader accepted the request within "
-                    f"{self._retry_timeout:g} s ({attempt} attempts); last error: {last_error}",
-                    retried=maybe_applied,
-                ) from last_error
+                    f"{self._retry_timeout:g} s ({attempt} attempts); last error: {last_error}"
+                )
+                if self._last_discovery_error and self._last_discovery_error not in message:
+                    message += (
+                        f"; reading {self._queue_key} to find the leader failed too: "
+                        f"{self._last_discovery_error}"
+                    )
+                raise BrokerUnavailableError(message, retried=maybe_applied) from last_error
             delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(attempt - 1, 10))
             delay *= 0.5 + self._rng.random() / 2
             logger.debug(
                 "retrying %s %s in %.3f s (attempt %d)", call.method, call.path, delay, attempt
             )
             await anyio.sleep(delay)
+
+    def _log_unreachable(self, error: BaseException) -> None:
+        """Log the first failed connection of an outage at INFO and its repeats at DEBUG.
+
+        During a failover every retry fails to connect, a few times a second; one line per
+        outage plus a count when it ends is enough.
+        """
+
+        self._unreachable_count += 1
+        level = logging.INFO if self._unreachable_count == 1 else logging.DEBUG
+        logger.log(
+            level,
+            "broker %s unreachable (%s); finding the leader again (repeats logged at DEBUG)",
+            self._leader,
+            error,
+        )
+
+    def _log_reachable(self, url: str) -> None:
+        if self._last_discovery_error is not None and not self._discovery_warned:
+            self._discovery_warned = True
+            logger.warning(
+                "reached broker %s at a fixed URL, but reading %s to find the leader failed "
+                "(%s); check the storage settings",
+                url,
+                self._queue_key,
+                self._last_discovery_error,
+            )
+        if self._unreachable_count:
+            logger.info(
+                "reached broker %s after %d failed connection attempts",
+                url,
+                self._unreachable_count,
+            )
+            self._unreachable_count = 0
 
     def _retryable(self, call: _Call, error: BrokerError) -> bool:
         """Decide whether to send ``call`` again after ``error``, updating the leader guess."""
@@ -726,6 +801,8 @@ class AsyncClient:
         if self._storage is not None:
             try:
                 found = await self._leader_from_storage()
+                self._last_discovery_error = None
+                self._discovery_warned = False
             except StorageBackendError as error:
                 if not error.retryable:
                     # A missing bucket or denied access does not heal by retrying.
@@ -734,7 +811,13 @@ class AsyncClient:
                     raise BrokerUnavailableError(
                         f"reading {self._queue_key} to find the leader failed: {error}"
                     ) from error
-                logger.warning(
+                # INFO, because either the final error names this failure or a fixed URL
+                # answers and _log_reachable warns once. Repeats go to DEBUG.
+                message = str(error)
+                level = logging.DEBUG if message == self._last_discovery_error else logging.INFO
+                self._last_discovery_error = message
+                logger.log(
+                    level,
                     "reading %s to find the leader failed (%s); trying %s",
                     self._queue_key,
                     error,
@@ -885,6 +968,11 @@ class Client(AbstractContextManager["Client"]):
 
     def dead(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self._call(self._async.dead, limit)
+
+    def purge_dead(
+        self, job_ids: Sequence[str] | None = None, *, died_before: float | None = None
+    ) -> int:
+        return self._call(self._async.purge_dead, job_ids, died_before=died_before)
 
     def state(self) -> dict[str, Any]:
         return self._call(self._async.state)

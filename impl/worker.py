@@ -258,8 +258,9 @@ class Worker:
                 return await self.client.claim(self.worker_id, self.claim_types)
             return None
         except (UnauthorizedError, InvalidRequestError, StorageBackendError) as error:
-            # Retrying cannot fix these: stop the worker and let run() raise the error.
-            logger.error(
+            # Retrying cannot fix these: stop the worker and let run() raise the error. The
+            # caller reports it, so this line is INFO to keep it from showing twice.
+            logger.info(
                 "worker %s slot %d: claim failed (%s); stopping the worker",
                 self.worker_id,
                 slot,

@@ -27,13 +27,16 @@ def test_defaults():
     assert settings.engine_config().lease_seconds == 15.0
     assert settings.engine_config().renew_interval_seconds == 5.0
     assert settings.engine_config().heartbeat_timeout == 60.0
+    assert settings.engine_config().max_batch_size == 1000
+    assert settings.engine_config().max_state_bytes == 64 * 1024 * 1024
 
 
 def test_environment_and_flag_override():
     env = {"BROKER_HOST": "0.0.0.0", "BROKER_PORT": "9000", "QUEUE_KEY": "q/prod.json",
            "BROKER_HEARTBEAT_INTERVAL_MS": "1000", "BROKER_HEARTBEAT_TIMEOUT_MS": "4000",
            "GROUP_COMMIT_INTERVAL_MS": "20", "JOB_HEARTBEAT_TIMEOUT_MS": "30000",
-           "MAX_BODY_BYTES": "4096", "OSQUEUE_TOKEN": TOKEN,
+           "MAX_BODY_BYTES": "4096", "OSQUEUE_TOKEN": TOKEN, "MAX_BATCH_SIZE": "50",
+           "MAX_STATE_BYTES": "1048576",
            "BROKER_ADVERTISED_URL": "http://broker-1.internal:9000/"}
 
     settings = load_settings(env, port=9001, advertised_url=None)
@@ -47,6 +50,8 @@ def test_environment_and_flag_override():
     assert settings.group_commit_interval == 0.02
     assert settings.job_timeout == 30.0
     assert settings.max_body_bytes == 4096
+    assert settings.engine_config().max_batch_size == 50
+    assert settings.engine_config().max_state_bytes == 1048576
     assert settings.token == TOKEN
 
 
@@ -130,5 +135,56 @@ def test_cli_reports_port_in_use(monkeypatch):
         result = CliRunner().invoke(app, ["broker", "--port", str(port)])
 
     assert result.exit_code == 2
-    assert "BROKER_PORT" in result.output
+    assert "--port:" in result.output
+    assert "BROKER_PORT" not in result.output
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+def test_cli_names_flag_not_variable(monkeypatch):
+    from osqueue.cli import app
+
+    monkeypatch.setenv("STORAGE_BACKEND", "memory")
+    result = CliRunner().invoke(app, ["broker", "--heartbeat-timeout-ms", "-1"])
+
+    assert result.exit_code == 2
+    assert "--heartbeat-timeout-ms: -1 is outside" in result.output
+    assert "BROKER_HEARTBEAT_TIMEOUT_MS" not in result.output
+
+
+class _UnresolvableSocket(socket.socket):
+    """A socket whose bind fails as for a host name that does not resolve, without sending
+    a DNS query."""
+
+    def bind(self, address):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+def test_cli_unresolvable_host_named(monkeypatch):
+    import types
+
+    from osqueue.broker import server
+    from osqueue.cli import app
+
+    fake = types.SimpleNamespace(**vars(socket))
+    fake.socket = _UnresolvableSocket
+    monkeypatch.setattr(server, "socket", fake)
+    monkeypatch.setenv("STORAGE_BACKEND", "memory")
+    monkeypatch.setenv("BROKER_HOST", "999.1.1.1")
+    from_env = CliRunner().invoke(app, ["broker"])
+    monkeypatch.delenv("BROKER_HOST")
+    from_flag = CliRunner().invoke(app, ["broker", "--host", "999.1.1.1"])
+
+    assert from_env.exit_code == 2
+    assert "BROKER_HOST: cannot resolve '999.1.1.1'" in from_env.output
+    assert "BROKER_PORT" not in from_env.output
+    assert from_flag.exit_code == 2
+    assert "--host: cannot resolve '999.1.1.1'" in from_flag.output
+
+
+def test_cli_lists_limit_flags():
+    from osqueue.cli import app
+
+    result = CliRunner().invoke(app, ["broker", "--help"])
+
+    assert "--max-batch-size" in result.output
+    assert "--max-state-bytes" in result.output

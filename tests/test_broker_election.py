@@ -52,6 +52,8 @@ async def test_standby_takes_over_after_leader_stops():
             await a_client.post("/v1/jobs", json={"jobs": [{"payload": 1}, {"payload": 2}]})
             await anyio.sleep(0.1)
             was_standby = not standby.is_leader
+            standby_health = (await b_client.get("/healthz")).json()
+            standby_stats = (await b_client.get("/v1/stats")).json()["broker"]
 
             # The leader stops without releasing its lease; the standby waits for it to lapse.
             stop_leader.set()
@@ -63,7 +65,13 @@ async def test_standby_takes_over_after_leader_stops():
     assert was_standby
 
     assert claimed.json()["job"]["id"] == "job-1"
-    assert health == {"status": "ok", "leader": True, "epoch": 2, "address": B}
+    assert standby_health == {"status": "ok", "leader": False, "epoch": None, "address": B,
+                              "leaderEpoch": 1, "leaderAddress": A}
+    assert standby_stats["epoch"] is None
+    assert standby_stats["leaderEpoch"] == 1
+    assert standby_stats["leaderAddress"] == A
+    assert health == {"status": "ok", "leader": True, "epoch": 2, "address": B,
+                      "leaderEpoch": 2, "leaderAddress": B}
     assert state.broker.address == B
     assert state.broker.epoch == 2
     assert [job.id for job in state.jobs] == ["job-1", "job-2"]

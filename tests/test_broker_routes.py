@@ -38,7 +38,8 @@ async def test_healthz_reports_leader():
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "leader": True, "epoch": 1,
-                               "address": "http://127.0.0.1:18080"}
+                               "address": "http://127.0.0.1:18080", "leaderEpoch": 1,
+                               "leaderAddress": "http://127.0.0.1:18080"}
 
 
 async def test_job_lifecycle_over_http():
@@ -132,7 +133,8 @@ async def test_stats_and_state_match_queue():
     assert stats["engine"]["commits"] >= 2
     assert stats["broker"] == {
         "address": "http://127.0.0.1:18080", "role": "leader", "leader": True, "epoch": 1,
-        "leaderAddress": "http://127.0.0.1:18080", "sequence": stats["broker"]["sequence"],
+        "leaderAddress": "http://127.0.0.1:18080", "leaderEpoch": 1,
+        "sequence": stats["broker"]["sequence"],
         "leaseExpiresAt": stats["broker"]["leaseExpiresAt"]}
     assert set(stats["throughput"]) == {"enqueuedPerSecond", "completedPerSecond",
                                         "windowSeconds"}
@@ -193,7 +195,10 @@ async def test_status_page_and_openapi_served():
     (b'{"jobs": []}', "jobs"),
     (b'{"jobs": [{"payload": 1}], "payload": 2}', "not both"),
     (b'{"payload": 1, "id": "job-9"}', "reserved"),
-    (b'{"payload": 1e400}', "payload cannot be decoded"),
+    (b'{"payload": 1e400}', "range of a 64-bit float"),
+    (b'{"payload": "\xff\xfe"}', "not valid UTF-8 (byte 0xff at offset 13)"),
+    (b'{"payload": 1, "id": "a\\u0000b"}', "job id without control characters"),
+    (b'{"jobs": [{"payload": 1, "id": "a\\nb"}]}', "job id without control characters"),
     (b'{"jobs": [{"payload": 1}, {"payload": [-1e999]}]}', "payload cannot be decoded"),
     (b'{"payload": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
 ])
@@ -205,6 +210,38 @@ async def test_enqueue_rejects_malformed_body(body, fragment):
     error = assert_error(response, 400, "InvalidRequest")
     assert fragment in error["message"]
     assert decode_state(stored.data).jobs == []
+
+
+async def test_invalid_utf8_hint_not_about_floats():
+    async with running_broker() as (_broker, client):
+        response = await client.post("/v1/jobs", content=b'{"payload": "\xc3"}')
+
+    message = assert_error(response, 400, "InvalidRequest")["message"]
+    assert "UTF-8" in message
+    assert "64-bit float" not in message
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/jobs", "/v1/jobs/claim", "/v1/jobs/job-1/heartbeat", "/v1/jobs/job-1/complete",
+    "/v1/jobs/job-1/fail",
+])
+async def test_post_routes_reject_unknown_query(path):
+    async with running_broker() as (broker, client):
+        response = await client.post(path, params={"dryRun": "1"},
+                                     json={"payload": 1, "workerId": "w", "claimToken": "c"})
+        stored = await broker.storage.read("queue.json")
+
+    body = assert_error(response, 400, "InvalidRequest")
+    assert "unknown query parameter 'dryRun'" in body["message"]
+    assert decode_state(stored.data).jobs == []
+
+
+async def test_path_job_id_with_control_character_rejected():
+    async with running_broker() as (_broker, client):
+        response = await client.post("/v1/jobs/a%00b/complete", json={"claimToken": "c1"})
+
+    body = assert_error(response, 400, "InvalidRequest")
+    assert "control characters" in body["message"]
 
 
 @pytest.mark.parametrize("path, body", [
@@ -327,6 +364,23 @@ async def test_token_never_logged(caplog):
 
     assert TOKEN not in caplog.text
     assert "wrong-token-value" not in caplog.text
+
+
+async def test_bearer_scheme_case_insensitive():
+    async with running_broker(token=TOKEN) as (_broker, client):
+        lower = await client.get("/v1/stats", headers={"Authorization": f"bearer {TOKEN}"})
+        upper = await client.get("/v1/stats", headers={"Authorization": f"BEARER {TOKEN}"})
+        basic = await client.get("/v1/stats", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+        bare = await client.get("/v1/stats", headers={"Authorization": TOKEN})
+
+    assert lower.status_code == 200
+    assert upper.status_code == 200
+    basic_message = assert_error(basic, 401, "Unauthorized")["message"]
+    assert "'Basic' scheme" in basic_message
+    assert "expects a Bearer token" in basic_message
+    bare_message = assert_error(bare, 401, "Unauthorized")["message"]
+    assert "uses no scheme" in bare_message
+    assert TOKEN[:8] not in bare_message
     assert TOKEN not in repr(settings(token=TOKEN))
 
 
@@ -344,6 +398,8 @@ async def test_standby_rejects_mutations_with_leader_url():
 
     assert health["leader"] is False
     assert health["epoch"] is None
+    assert health["leaderEpoch"] == 1
+    assert health["leaderAddress"] == "http://127.0.0.1:1"
     body = assert_error(enqueue, 503, "NotLeader")
     assert body["leader"] == "http://127.0.0.1:1"
     assert stats["broker"]["role"] == "standby"
@@ -388,3 +444,70 @@ async def test_state_route_returns_stored_bytes_shape():
     decoded = decode_state(state.content)
     assert encode_state(decoded) == state.content
     assert msgspec.json.decode(decoded.jobs[0].payload) == {"k": [1, 2]}
+
+
+async def _dead_letter(client, job_id: str) -> None:
+    await client.post("/v1/jobs", json={"payload": 1, "id": job_id, "maxAttempts": 1})
+    job = (await client.post("/v1/jobs/claim", json={"workerId": "w"})).json()["job"]
+    await client.post(f"/v1/jobs/{job_id}/fail", json={"claimToken": job["claimToken"]})
+
+
+async def test_purge_dead_by_id_and_all():
+    async with running_broker() as (_broker, client):
+        for job_id in ("d-1", "d-2", "d-3"):
+            await _dead_letter(client, job_id)
+        by_id = await client.request("DELETE", "/v1/dead", json={"jobIds": ["d-2", "nope"]})
+        after_one = (await client.get("/v1/dead")).json()["dead"]
+        too_old = await client.request("DELETE", "/v1/dead", json={"diedBefore": 1})
+        everything = await client.delete("/v1/dead")
+        after_all = (await client.get("/v1/dead")).json()["dead"]
+        stats = (await client.get("/v1/stats")).json()
+
+    assert by_id.json() == {"purged": 1}
+    assert [letter["job"]["id"] for letter in after_one] == ["d-1", "d-3"]
+    assert too_old.json() == {"purged": 0}
+    assert everything.json() == {"purged": 2}
+    assert after_all == []
+    assert stats["counters"]["dead"] == 3
+
+
+@pytest.mark.parametrize("body", [
+    {"jobIds": []}, {"jobIds": ["a\u0000b"]}, {"diedBefore": -1}, {"colour": 1},
+])
+async def test_purge_dead_rejects_bad_body(body):
+    async with running_broker() as (_broker, client):
+        await _dead_letter(client, "d-1")
+        response = await client.request("DELETE", "/v1/dead", json=body)
+        letters = (await client.get("/v1/dead")).json()["dead"]
+
+    assert_error(response, 400, "InvalidRequest")
+    assert len(letters) == 1
+
+
+async def test_standby_rejects_purge():
+    storage = MemoryBackend()
+    async with running_broker(storage, address="http://127.0.0.1:1"), running_broker(
+            storage, address="http://127.0.0.1:2", wait_leader=False, seed=2) as (_, client):
+        await anyio.sleep(0.1)
+        response = await client.delete("/v1/dead")
+
+    assert assert_error(response, 503, "NotLeader")["leader"] == "http://127.0.0.1:1"
+
+
+async def test_standby_logs_leader_once(caplog):
+    caplog.set_level("DEBUG", logger="osqueue.broker")
+    storage = MemoryBackend()
+    # The standby reads the state every 0.2 s, so it reads it several times in 0.5 s.
+    async with running_broker(storage, address="http://127.0.0.1:1"), running_broker(
+            storage, address="http://127.0.0.1:2", wait_leader=False, seed=2) as (_, client):
+        for _ in range(3):
+            await client.post("/v1/jobs", json={"payload": 1})
+        await anyio.sleep(0.5)
+
+    standby_lines = [r for r in caplog.records if "is a standby" in r.getMessage()]
+    assert len(standby_lines) == 1
+    assert standby_lines[0].levelname == "INFO"
+    assert "http://127.0.0.1:1 leads epoch 1" in standby_lines[0].getMessage()
+    not_leader = [r for r in caplog.records if "is not the leader" in r.getMessage()]
+    assert len(not_leader) == 3
+    assert all(r.levelname == "DEBUG" for r in not_leader)

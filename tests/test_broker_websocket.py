@@ -70,6 +70,24 @@ def test_websocket_job_lifecycle():
     assert stats["result"]["broker"]["leader"] is True
 
 
+def test_websocket_purge_dead():
+    with client_for() as client:
+        wait_leader(client)
+        with client.websocket_connect("/v1/ws") as ws:
+            call(ws, 1, "enqueue", {"payload": 1, "id": "d-1", "maxAttempts": 1})
+            claimed = call(ws, 2, "claim", {"workerId": "w"})
+            token = claimed["result"]["job"]["claimToken"]
+            call(ws, 3, "fail", {"jobId": "d-1", "claimToken": token})
+            bad = call(ws, 4, "purgeDead", {"jobIds": []})
+            purged = call(ws, 5, "purgeDead", {"jobIds": ["d-1"]})
+            again = call(ws, 6, "purgeDead")
+
+    assert bad["ok"] is False
+    assert bad["error"]["_tag"] == "InvalidRequest"
+    assert purged == {"id": 5, "ok": True, "result": {"purged": 1}}
+    assert again == {"id": 6, "ok": True, "result": {"purged": 0}}
+
+
 @pytest.mark.parametrize("message, tag", [
     ("not json", "InvalidRequest"),
     ("[1, 2]", "InvalidRequest"),

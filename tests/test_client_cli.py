@@ -3,6 +3,7 @@ on the memory backend (so every command needs BROKER_URL)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from osqueue.client import Client
 
 HANDLER = """
 import json, os
@@ -41,19 +43,23 @@ def _free_port() -> int:
 
 
 def _clean_env() -> dict[str, str]:
-    return {
+    env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("BROKER_", "STORAGE_", "S3_", "GCS_", "OSQUEUE_"))
     }
+    # A wide console keeps rich from wrapping the messages that the tests look for.
+    return env | {"COLUMNS": "400"}
 
 
-@pytest.fixture(scope="module")
-def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def _broker_process(log_dir: Path, **env_extra: str) -> Iterator[str]:
+    """Run ``osqueue broker`` on a free port with the memory backend; yield its URL."""
+
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("cli-broker") / "broker.log"
-    env = _clean_env() | {"BROKER_PORT": str(port)}
+    log_path = log_dir / "broker.log"
+    env = _clean_env() | {"BROKER_PORT": str(port)} | env_extra
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*_osqueue(), "broker"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -77,6 +83,12 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _broker_process(tmp_path_factory.mktemp("cli-broker")) as url:
+        yield url
 
 
 def _run(broker_url: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -126,8 +138,26 @@ def test_submit_rejects_bad_input(broker_url: str) -> None:
     assert "is not JSON" in not_json.stderr
 
     reserved = _run(broker_url, "submit", "cli-b", "1", "--id", "job-9")
-    assert reserved.returncode == 1
+    assert reserved.returncode == 2
     assert "reserved" in reserved.stderr
+    assert "--id" in reserved.stderr
+
+    empty_type = _run(broker_url, "submit", "", "{}")
+    assert empty_type.returncode == 2
+    assert "job type must be a non-empty string" in empty_type.stderr
+
+    control = _run(broker_url, "submit", "cli-b", "1", "--id", "a\tb")
+    assert control.returncode == 2
+    assert "control characters" in control.stderr
+
+    huge = _run(broker_url, "submit", "cli-b", '{"x": 1e400}')
+    assert huge.returncode == 2
+    assert "the number 1e400 is outside the range of a 64-bit float" in huge.stderr
+    assert "Traceback" not in huge.stderr
+
+    nan = _run(broker_url, "submit", "cli-b", "[NaN]")
+    assert nan.returncode == 2
+    assert "NaN is not valid JSON" in nan.stderr
 
     duplicate = _run(broker_url, "submit", "cli-b", "1", "--id", "dup-1")
     assert duplicate.returncode == 0
@@ -211,3 +241,162 @@ def test_worker_rejects_bad_handler(broker_url: str, tmp_path: Path) -> None:
     result = _run(broker_url, "worker", "--handler", "json")
     assert result.returncode == 2
     assert "is not module:function" in result.stderr
+
+
+@pytest.mark.parametrize("command, value", [
+    (["stats"], "-1"),
+    (["jobs"], "nan"),
+    (["submit", "t", "1"], "inf"),
+    (["submit", "t", "1"], "-1"),
+    (["worker", "--handler", "m:f"], "-1"),
+])
+def test_retry_timeout_validated(command: list[str], value: str) -> None:
+    result = _run("http://127.0.0.1:1", *command, "--retry-timeout", value)
+
+    assert result.returncode == 2, result.stderr
+    assert "--retry-timeout" in result.stderr
+    assert "finite number of seconds >= 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flag_named_in_config_error() -> None:
+    result = _run("http://127.0.0.1:1", "stats", "--url", "notaurl")
+
+    assert result.returncode == 2
+    assert "--url" in result.stderr
+    assert "BROKER_URL" not in result.stderr
+
+
+def test_missing_broker_url_reported() -> None:
+    result = subprocess.run(
+        [*_osqueue(), "stats"], check=False, env=_clean_env(), capture_output=True, text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "BROKER_URL: is not set" in result.stderr
+    assert "STORAGE_BACKEND=memory" in result.stderr
+
+
+def test_worker_handler_syntax_error(broker_url: str, tmp_path: Path) -> None:
+    (tmp_path / "syntaxmod.py").write_text("def f(:\n    pass\n")
+    (tmp_path / "raisingmod.py").write_text("raise RuntimeError('boom at import')\n")
+    env = _clean_env() | {"BROKER_URL": broker_url}
+
+    results = [
+        subprocess.run(
+            [*_osqueue(), "worker", "--handler", handler], check=False, cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=60,
+        )
+        for handler in ("syntaxmod:f", "raisingmod:f")
+    ]
+
+    syntax, raising = results
+    assert syntax.returncode == 2
+    assert "cannot import module 'syntaxmod' (SyntaxError at syntaxmod.py:1" in syntax.stderr
+    assert "Traceback" not in syntax.stderr
+    assert raising.returncode == 2
+    assert "RuntimeError while importing it: boom at import" in raising.stderr
+    assert "Traceback" not in raising.stderr
+
+
+def test_worker_wrong_token_one_line(tmp_path: Path) -> None:
+    (tmp_path / "cli_handlers.py").write_text(HANDLER)
+    with _broker_process(tmp_path, OSQUEUE_TOKEN="right-token-0123456789") as url:
+        env = _clean_env() | {"BROKER_URL": url, "OSQUEUE_TOKEN": "wrong-token-0123456789"}
+        result = subprocess.run(
+            [*_osqueue(), "worker", "--handler", "cli_handlers:handle", "--retry-timeout", "2"],
+            check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Unauthorized" in errors[0]
+
+
+def test_jobs_table_readable(broker_url: str) -> None:
+    long_id = "order-" + "x" * 70
+    assert _run(broker_url, "submit", "cli-t", "1", "--id", long_id).returncode == 0
+
+    table = _run(broker_url, "jobs", "--status", "unclaimed", "--limit", "1000")
+
+    assert table.returncode == 0, table.stderr
+    assert long_id in table.stdout
+    assert "visible at (UTC)" in table.stdout
+    assert " ago)" in table.stdout or "(now)" in table.stdout
+
+
+def test_jobs_dead_shows_reason(broker_url: str) -> None:
+    with Client(broker_url) as client:
+        client.enqueue("cli-dead", {"n": 1}, max_attempts=1, job_id="dead-1")
+        job = client.claim("cli-dead-worker", types=["cli-dead"])
+        assert job is not None
+        client.fail(job.id, job.claim_token, "handler crashed: KeyError 'to'")
+
+    table = _run(broker_url, "jobs", "--status", "dead", "--limit", "1000")
+    as_json = _run(broker_url, "jobs", "--status", "dead", "--json", "--limit", "1000")
+
+    assert table.returncode == 0, table.stderr
+    assert "reason" in table.stdout
+    assert "KeyError" in table.stdout
+    letters = {job["id"]: job for job in json.loads(as_json.stdout)}
+    assert "KeyError 'to'" in letters["dead-1"]["reason"]
+
+
+def test_jobs_count_singular(tmp_path: Path) -> None:
+    with _broker_process(tmp_path) as url:
+        assert _run(url, "submit", "cli-one", "1").returncode == 0
+        listed = _run(url, "jobs")
+
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.rstrip().endswith("\n1 job")
+
+
+def test_dead_purge(broker_url: str) -> None:
+    with Client(broker_url) as client:
+        for job_id in ("purge-1", "purge-2"):
+            client.enqueue("cli-purge", 1, max_attempts=1, job_id=job_id)
+            job = client.claim("w", types=["cli-purge"])
+            assert job is not None
+            client.fail(job.id, job.claim_token, "failed")
+
+    neither = _run(broker_url, "dead", "purge")
+    by_id = _run(broker_url, "dead", "purge", "--id", "purge-1")
+    dead = json.loads(_run(broker_url, "jobs", "--status", "dead", "--json").stdout)
+
+    assert neither.returncode == 2
+    assert "--all" in neither.stderr
+    assert by_id.returncode == 0, by_id.stderr
+    assert by_id.stdout.strip() == "purged 1 dead letter"
+    ids = [job["id"] for job in dead]
+    assert "purge-1" not in ids
+    assert "purge-2" in ids
+
+
+def test_dead_purge_all(tmp_path: Path) -> None:
+    with _broker_process(tmp_path) as url:
+        with Client(url) as client:
+            client.enqueue("t", 1, max_attempts=1)
+            job = client.claim("w")
+            assert job is not None
+            client.fail(job.id, job.claim_token, "failed")
+        purged = _run(url, "dead", "purge", "--all")
+        again = _run(url, "dead", "purge", "--all")
+
+    assert purged.stdout.strip() == "purged 1 dead letter"
+    assert again.stdout.strip() == "purged 0 dead letters"
+
+
+def test_exception_group_unwrapped() -> None:
+    from osqueue.client import UnauthorizedError
+    from osqueue.client_cli import _osqueue_error
+
+    inner = UnauthorizedError("401")
+    nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [inner])])
+    mixed = ExceptionGroup("mixed", [inner, RuntimeError("bug")])
+
+    assert _osqueue_error(nested) is inner
+    assert _osqueue_error(mixed) is None
+    assert _osqueue_error(RuntimeError("bug")) is None

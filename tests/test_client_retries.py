@@ -257,8 +257,14 @@ def test_settings_from_env_prefers_url() -> None:
 
 
 def test_settings_from_env_host_port_default() -> None:
-    assert settings_from_env({}).urls == ("http://127.0.0.1:8080",)
+    assert settings_from_env({"BROKER_HOST": "127.0.0.1"}).urls == ("http://127.0.0.1:8080",)
     assert settings_from_env({"BROKER_PORT": "9001"}).urls == (A,)
+
+
+def test_settings_from_env_requires_address_on_memory() -> None:
+    with pytest.raises(ConfigError, match="BROKER_URL: is not set") as raised:
+        settings_from_env({})
+    assert "STORAGE_BACKEND=memory" in str(raised.value)
 
 
 def test_settings_from_env_rejects_bad_values() -> None:
@@ -305,3 +311,62 @@ async def test_discovery_permanent_storage_error_raised() -> None:
             with pytest.raises(StorageBackendError, match="NoSuchBucket"):
                 await client.stats()
     assert script.requests == []
+
+
+async def test_unreachable_logged_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="osqueue.client")
+    script = Script(
+        *[httpx.ConnectError("refused") for _ in range(6)],
+        httpx.Response(200, json={"job": None}),
+    )
+    async with _client(script, url=f"{A},{B}") as client:
+        assert await client.claim("w1") is None
+
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1
+    assert "after 6 failed connection attempts" in caplog.text
+
+
+class FlakyStorage(MemoryBackend):
+    async def read(self, key: str) -> None:
+        raise StorageBackendError(f"read of {key!r} failed: timed out", key=key, retryable=True)
+
+
+async def test_discovery_read_failure_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="osqueue.client")
+    script = Script(*[httpx.ConnectError("refused") for _ in range(4)],
+                    httpx.Response(200, json={"job": None}))
+    async with _client(script, url=A, storage=FlakyStorage()) as client:
+        assert await client.claim("w1") is None
+
+    warnings = [r for r in caplog.records if "to find the leader failed" in r.getMessage()]
+    assert len(script.requests) == 5
+    assert len(warnings) == 1
+    assert "at a fixed URL" in warnings[0].getMessage()
+    assert "timed out" in warnings[0].getMessage()
+
+
+async def test_discovery_failure_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="osqueue.client")
+    script = Script(*[httpx.ConnectError("refused") for _ in range(100)])
+    async with _client(script, url=A, storage=FlakyStorage(), retry_timeout=0.3) as client:
+        with pytest.raises(BrokerUnavailableError) as raised:
+            await client.stats()
+
+    assert caplog.records == []
+    assert "no leader accepted the request" in str(raised.value)
+    assert "to find the leader failed too: read of 'queue.json' failed" in str(raised.value)
+
+
+async def test_purge_dead_retried_after_504() -> None:
+    script = Script(_error(504, "CommitIndeterminate"), httpx.Response(200, json={"purged": 0}))
+    async with _client(script) as client:
+        assert await client.purge_dead(["job-7"]) == 0
+    assert [r.method for r in script.requests] == ["DELETE", "DELETE"]
+    assert json.loads(script.requests[0].content) == {"jobIds": ["job-7"]}
+
+
+async def test_purge_dead_rejects_empty_ids() -> None:
+    async with _client(Script()) as client:
+        with pytest.raises(ValueError, match="non-empty list"):
+            await client.purge_dead([])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Endpoint:
     query: tuple[QueryParameter, ...] = ()
     media_type: str = "application/json"
     public: bool = False
+    request_required: bool = True
 
 
 # ----------------------------------------------------------------------------------------
@@ -152,28 +154,33 @@ async def _state(broker: Broker, request: Request) -> Response:
 
 
 async def _enqueue(broker: Broker, request: Request) -> Response:
+    _query(request, ())
     body = await decode_body(broker, request, wire.EnqueueIn)
     return json_response(await operations.enqueue(broker, body), status=201)
 
 
 async def _claim(broker: Broker, request: Request) -> Response:
+    _query(request, ())
     body = await decode_body(broker, request, wire.ClaimIn)
     return json_response(await operations.claim(broker, body))
 
 
 async def _heartbeat(broker: Broker, request: Request) -> Response:
+    _query(request, ())
     job_id = operations.validate_job_id(request.path_params["job_id"])
     body = await decode_body(broker, request, wire.ClaimTokenIn)
     return json_response(await operations.heartbeat(broker, job_id, body.claim_token))
 
 
 async def _complete(broker: Broker, request: Request) -> Response:
+    _query(request, ())
     job_id = operations.validate_job_id(request.path_params["job_id"])
     body = await decode_body(broker, request, wire.ClaimTokenIn)
     return json_response(await operations.complete(broker, job_id, body.claim_token))
 
 
 async def _fail(broker: Broker, request: Request) -> Response:
+    _query(request, ())
     job_id = operations.validate_job_id(request.path_params["job_id"])
     body = await decode_body(broker, request, wire.FailIn)
     return json_response(await operations.fail(broker, job_id, body))
@@ -199,6 +206,14 @@ async def _jobs(broker: Broker, request: Request) -> Response:
 async def _dead(broker: Broker, request: Request) -> Response:
     values = _query(request, ("limit",))
     return json_response(operations.dead(broker, _limit(values)))
+
+
+async def _purge_dead(broker: Broker, request: Request) -> Response:
+    _query(request, ())
+    data = await read_body(request, broker.settings.max_body_bytes)
+    body = (wire.PurgeDeadIn() if not data.strip()
+            else wire.decode_request(data, wire.PurgeDeadIn, "request body"))
+    return json_response(await operations.purge_dead(broker, body))
 
 
 async def _throttle(broker: Broker, request: Request) -> Response:
@@ -260,6 +275,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              _stats, wire.StatsOut, errors=(400,)),
     Endpoint("GET", "/v1/dead", "dead_letters", "The newest dead letters, oldest first.",
              _dead, wire.DeadLettersOut, errors=(400, 503), query=(_LIMIT,)),
+    Endpoint("DELETE", "/v1/dead", "purge_dead_letters",
+             "Remove dead letters for good: those of jobIds (all when absent) that died "
+             "before diedBefore (any time when absent). Without a body, removes every dead "
+             "letter. Their jobs are then no longer listed anywhere.",
+             _purge_dead, wire.PurgedOut, request=wire.PurgeDeadIn, request_required=False,
+             errors=(400, 503, 504)),
     Endpoint("GET", "/v1/throttle-stats", "throttle_stats",
              "Counters of the storage rate limiter, or throttled false.",
              _throttle, wire.ThrottleOut, errors=(400,)),
@@ -282,7 +303,11 @@ def _route(broker: Broker, endpoint: Endpoint) -> Route:
         try:
             return await endpoint.handler(broker, request)
         except wire.ApiError as error:
-            if error.status >= 500:
+            # A standby rejects every mutation with NotLeader during normal operation, so
+            # those go to DEBUG; other server-side failures deserve a WARNING.
+            if error.tag == "NotLeader":
+                logger.debug("%s %s: %s", request.method, request.url.path, error.message)
+            elif error.status >= 500:
                 logger.warning("%s %s failed: %s %s", request.method, request.url.path,
                                error.tag, error.message)
             return error_response(error)
@@ -318,11 +343,15 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 class BearerAuth:
     """ASGI middleware: every HTTP request and WebSocket handshake but ``public_paths``
-    needs ``Authorization: Bearer <token>``. The comparison takes constant time."""
+    needs ``Authorization: Bearer <token>``.
+
+    The scheme name is case-insensitive (RFC 7235, section 2.1), so ``bearer <token>`` is
+    accepted too. The token comparison takes constant time.
+    """
 
     def __init__(self, app: ASGIApp, token: str, public_paths: frozenset[str]) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode("ascii")
+        self._expected = token.encode("ascii")
         self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -334,20 +363,42 @@ class BearerAuth:
             if name == b"authorization":
                 presented = value
                 break
-        if hmac.compare_digest(presented, self._expected):
+        scheme, _, credentials = presented.strip().partition(b" ")
+        is_bearer = scheme.lower() == b"bearer"
+        # Compare even when the scheme is wrong, so the time taken shows nothing.
+        matches = hmac.compare_digest(credentials.strip(), self._expected)
+        if is_bearer and matches:
             await self.app(scope, receive, send)
             return
 
-        message = ("missing Authorization header; send 'Authorization: Bearer <token>' with "
-                   "the value of OSQUEUE_TOKEN" if not presented else
-                   "the bearer token is not valid; use the value of OSQUEUE_TOKEN")
-        logger.info("rejected %s %s: %s", scope["type"], scope["path"],
-                    "no token" if not presented else "wrong token")
+        message, reason = _unauthorized_message(presented, scheme, is_bearer)
+        logger.info("rejected %s %s: %s", scope["type"], scope["path"], reason)
         response = error_response(wire.ApiError(401, "Unauthorized", message))
         if scope["type"] == "http":
             await response(scope, receive, send)
             return
         await _deny_websocket(scope, receive, send, response)
+
+
+def _unauthorized_message(presented: bytes, scheme: bytes, is_bearer: bool
+                          ) -> tuple[str, str]:
+    """Return the 401 message for the client and the reason for the log (never the token)."""
+
+    if not presented:
+        message = ("missing Authorization header; send 'Authorization: Bearer <token>' with "
+                   "the value of OSQUEUE_TOKEN")
+        return message, "no token"
+    if not is_bearer:
+        # A value without a space may be a bare token, so only a short scheme name followed
+        # by credentials is repeated.
+        named = bool(presented.strip().partition(b" ")[2]) and re.fullmatch(
+            rb"[A-Za-z][A-Za-z0-9-]{0,19}", scheme)
+        shown = f"the {scheme.decode('ascii')!r} scheme" if named else "no scheme"
+        message = (f"the Authorization header uses {shown}, but the broker expects a Bearer "
+                   "token; send 'Authorization: Bearer <token>' with the value of "
+                   "OSQUEUE_TOKEN")
+        return message, shown
+    return "the bearer token is not valid; use the value of OSQUEUE_TOKEN", "wrong token"
 
 
 async def _deny_websocket(scope: Scope, receive: Receive, send: Send, response: Response

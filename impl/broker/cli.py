@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import typer
-from osqueue.broker.config import BrokerSettings, load_settings
+from osqueue.broker.config import SETTING_VARIABLES, BrokerSettings, load_settings
 from osqueue.broker.server import check_bindable, serve
 from osqueue.errors import ConfigError
 from osqueue.storage.config import from_env
@@ -48,6 +48,14 @@ def broker(
         None, "--max-body-bytes",
         help="Largest request body or WebSocket message in bytes (env MAX_BODY_BYTES; "
         "default 1048576)."),
+    max_batch_size: int | None = typer.Option(
+        None, "--max-batch-size",
+        help="Maximum mutations in one commit. Each job of a batch enqueue counts, so a "
+        "larger batch enqueue is rejected (env MAX_BATCH_SIZE; default 1000)."),
+    max_state_bytes: int | None = typer.Option(
+        None, "--max-state-bytes",
+        help="Largest encoded queue.json in bytes; an enqueue that would exceed it is "
+        "rejected with 507 StateTooLarge (env MAX_STATE_BYTES; default 67108864, 64 MiB)."),
 ) -> None:
     """Run a broker: serve the HTTP API and take part in the leader election.
 
@@ -60,19 +68,31 @@ def broker(
         "group_commit_interval_ms": group_commit_interval_ms,
         "heartbeat_interval_ms": heartbeat_interval_ms,
         "heartbeat_timeout_ms": heartbeat_timeout_ms, "job_timeout_ms": job_timeout_ms,
-        "max_body_bytes": max_body_bytes,
+        "max_body_bytes": max_body_bytes, "max_batch_size": max_batch_size,
+        "max_state_bytes": max_state_bytes,
     }
     try:
         settings = load_settings(None, **overrides)
         storage = from_env()
         check_bindable(settings)
     except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {_name_flag(error, overrides)}", err=True)
         raise typer.Exit(2) from None
 
     typer.echo(f"osqueue broker {settings.advertised_url} listening on "
                f"{settings.host}:{settings.port}", err=True)
     anyio.run(_run, settings, storage)
+
+
+def _name_flag(error: ConfigError, overrides: dict[str, Any]) -> str:
+    """Return the message of ``error`` naming the flag instead of the variable when the
+    user set the value by flag."""
+
+    for option, variable in SETTING_VARIABLES.items():
+        if variable == error.name and overrides.get(option) is not None:
+            flag = "--" + option.replace("_", "-")
+            return f"{flag}: {error.problem}; for example {flag} {error.example}"
+    return str(error)
 
 
 async def _run(settings: BrokerSettings, storage: Any) -> None:

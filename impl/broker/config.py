@@ -16,6 +16,10 @@ BROKER_HEARTBEAT_TIMEOUT_MS     the lease: a standby takes over when the leader 
 JOB_HEARTBEAT_TIMEOUT_MS        a claimed job whose worker sent no heartbeat for  60000
                                 longer is returned to the queue
 MAX_BODY_BYTES                  largest request body or WebSocket message         1048576
+MAX_BATCH_SIZE                  maximum mutations in one commit                   1000
+                                (each job of a batch enqueue counts)
+MAX_STATE_BYTES                 largest encoded queue.json; an enqueue that       67108864
+                                would exceed it gets 507 StateTooLarge
 OSQUEUE_TOKEN                   bearer token required on every route but          none
                                 /healthz
 ==============================  ================================================  ===========
@@ -45,6 +49,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_BATCH_SIZE = EngineConfig().max_batch_size
+DEFAULT_MAX_STATE_BYTES = EngineConfig().max_state_bytes
 
 # A bearer token goes into an HTTP header, so it must be visible ASCII without spaces
 # (the token68 characters of RFC 6750 and a few more that headers carry unchanged).
@@ -69,6 +75,8 @@ class BrokerSettings:
     heartbeat_timeout: float = 15.0
     job_timeout: float = 60.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_state_bytes: int = DEFAULT_MAX_STATE_BYTES
     token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,7 +107,25 @@ class BrokerSettings:
             heartbeat_timeout=self.job_timeout,
             lease_seconds=self.heartbeat_timeout,
             renew_interval=self.heartbeat_interval,
+            max_batch_size=self.max_batch_size,
+            max_state_bytes=self.max_state_bytes,
         )
+
+
+SETTING_VARIABLES: dict[str, str] = {
+    "host": "BROKER_HOST",
+    "port": "BROKER_PORT",
+    "advertised_url": "BROKER_ADVERTISED_URL",
+    "queue_key": "QUEUE_KEY",
+    "group_commit_interval_ms": "GROUP_COMMIT_INTERVAL_MS",
+    "heartbeat_interval_ms": "BROKER_HEARTBEAT_INTERVAL_MS",
+    "heartbeat_timeout_ms": "BROKER_HEARTBEAT_TIMEOUT_MS",
+    "job_timeout_ms": "JOB_HEARTBEAT_TIMEOUT_MS",
+    "max_body_bytes": "MAX_BODY_BYTES",
+    "max_batch_size": "MAX_BATCH_SIZE",
+    "max_state_bytes": "MAX_STATE_BYTES",
+}
+"""The environment variable of each setting, keyed by the option (and flag) name."""
 
 
 def load_settings(
@@ -114,17 +140,7 @@ def load_settings(
     """
 
     env = dict(os.environ if environ is None else environ)
-    names = {
-        "host": "BROKER_HOST",
-        "port": "BROKER_PORT",
-        "advertised_url": "BROKER_ADVERTISED_URL",
-        "queue_key": "QUEUE_KEY",
-        "group_commit_interval_ms": "GROUP_COMMIT_INTERVAL_MS",
-        "heartbeat_interval_ms": "BROKER_HEARTBEAT_INTERVAL_MS",
-        "heartbeat_timeout_ms": "BROKER_HEARTBEAT_TIMEOUT_MS",
-        "job_timeout_ms": "JOB_HEARTBEAT_TIMEOUT_MS",
-        "max_body_bytes": "MAX_BODY_BYTES",
-    }
+    names = SETTING_VARIABLES
     for option, value in overrides.items():
         if option not in names:
             raise TypeError(f"unknown broker option {option!r}; use one of {sorted(names)}")
@@ -146,6 +162,10 @@ def load_settings(
         job_timeout=_milliseconds(env, "JOB_HEARTBEAT_TIMEOUT_MS", 60000, "60000"),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024,
                             maximum=1024 ** 3, example="1048576"),
+        max_batch_size=_int(env, "MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1,
+                            maximum=1_000_000, example="1000"),
+        max_state_bytes=_int(env, "MAX_STATE_BYTES", DEFAULT_MAX_STATE_BYTES,
+                             minimum=64 * 1024, maximum=1024 ** 4, example="67108864"),
         token=_token(env),
     )
 

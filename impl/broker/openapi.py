@@ -80,7 +80,8 @@ def openapi_document() -> dict[str, Any]:
             operation["parameters"] = parameters
         if endpoint.request is not None:
             operation["requestBody"] = {
-                "required": True, "content": _content(schema_of[id(endpoint.request)])}
+                "required": endpoint.request_required,
+                "content": _content(schema_of[id(endpoint.request)])}
 
         if isinstance(endpoint.response, tuple):
             one_of = [schema_of[id(option)] for option in endpoint.response]

@@ -8,6 +8,8 @@ map to errors: ``UNKNOWN_JOB`` 404 ``UnknownJob``, ``STALE_CLAIM`` 409 ``StaleCl
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any, Literal
 
 from msgspec import UNSET
@@ -16,6 +18,8 @@ from osqueue.broker.service import Broker
 from osqueue.election import lease_expires_at
 from osqueue.spec import queue as spec
 from osqueue.state import JobRecord, QueueState
+
+logger = logging.getLogger(__name__)
 
 _REJECTIONS = {
     spec.RejectReason.UNKNOWN_JOB: (404, "UnknownJob"),
@@ -28,6 +32,8 @@ MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 100
 
 JobStatusFilter = Literal["unclaimed", "in_progress", "dead"]
+
+logger = logging.getLogger(__name__)
 
 
 def _rejected(result: spec.Result) -> None:
@@ -120,10 +126,25 @@ async def fail(broker: Broker, job_id: str, request: wire.FailIn | wire.JobFailI
     raise _unexpected(result, "fail")
 
 
+async def purge_dead(broker: Broker, request: wire.PurgeDeadIn) -> wire.PurgedOut:
+    job_ids = None if request.job_ids is UNSET else tuple(request.job_ids)
+    before = None if request.died_before is UNSET else request.died_before
+    result = await broker.submit(spec.PurgeDead(job_ids, before))
+    if not isinstance(result, spec.Purged):
+        raise _unexpected(result, "purge of dead letters")
+    logger.info("purged %d dead letters (job ids %s, died before %s)", result.count,
+                "any" if job_ids is None else ", ".join(job_ids),
+                "any time" if before is None else before)
+    return wire.PurgedOut(purged=result.count)
+
+
 def validate_job_id(job_id: str) -> str:
     if not job_id or len(job_id) > 1024:
         raise wire.invalid_request(
             f"job id in the path must be 1 to 1024 characters, got {len(job_id)}")
+    if not re.fullmatch(wire.JOB_ID_PATTERN, job_id):
+        raise wire.invalid_request(
+            f"job id {job_id!r} in the path contains control characters; job ids never do")
     return job_id
 
 
@@ -132,7 +153,8 @@ def validate_job_id(job_id: str) -> str:
 
 def health(broker: Broker) -> wire.HealthOut:
     return wire.HealthOut(status="ok", leader=broker.is_leader, epoch=broker.epoch,
-                          address=broker.address)
+                          address=broker.address, leader_epoch=broker.leader_epoch(),
+                          leader_address=broker.leader_address())
 
 
 def state(broker: Broker) -> QueueState:
@@ -205,6 +227,7 @@ def stats(broker: Broker) -> wire.StatsOut:
             leader=broker.is_leader,
             epoch=broker.epoch,
             leader_address=broker.leader_address(),
+            leader_epoch=broker.leader_epoch(),
             sequence=None if current is None else current.sequence,
             lease_expires_at=None if current is None else lease_expires_at(current.broker),
         ),

@@ -137,7 +137,7 @@ function renderStats(stats) {
   const broker = stats.broker;
   show("broker-address", broker.address);
   show("broker-role", broker.role);
-  show("broker-epoch", broker.epoch);
+  show("broker-epoch", broker.leaderEpoch);
   show("broker-leader", broker.leaderAddress);
   show("state-sequence", broker.sequence);
   const counts = stats.counts || {};

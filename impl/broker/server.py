@@ -7,6 +7,7 @@ finishes its batch in flight and stops its engine.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import socket
@@ -39,7 +40,8 @@ def hypercorn_config(settings: BrokerSettings) -> Config:
 
 
 def check_bindable(settings: BrokerSettings) -> None:
-    """Raise ``ConfigError`` naming BROKER_PORT when ``host:port`` cannot be bound.
+    """Raise ``ConfigError`` when ``host:port`` cannot be bound: naming BROKER_HOST when the
+    host does not resolve to an address of this machine, else BROKER_PORT.
 
     Checked before the broker joins the election, so that a broker that cannot serve never
     takes the lease. NOTE: another process can still take the port between this check and
@@ -51,7 +53,19 @@ def check_bindable(settings: BrokerSettings) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((settings.host, settings.port))
+        except socket.gaierror as error:
+            raise ConfigError(
+                "BROKER_HOST",
+                f"cannot resolve {settings.host!r} to an address ({error.strerror or error}); "
+                "use an IP address or host name of this machine",
+                "127.0.0.1") from None
         except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(
+                    "BROKER_HOST",
+                    f"{settings.host!r} is not an address of this machine "
+                    f"({error.strerror or error}); use one of its addresses, or 0.0.0.0 for all",
+                    "127.0.0.1") from None
             raise ConfigError(
                 "BROKER_PORT",
                 f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}; "

@@ -118,6 +118,7 @@ class Broker:
         self._wake = anyio.Event()
         self._done = anyio.Event()
         self._last_poll_error: str | None = None
+        self._logged_leader: tuple[str | None, int] | None = None
         self.throughput = ThroughputMeter()
         self.elections_won = 0
 
@@ -219,6 +220,7 @@ class Broker:
         if state is not None:
             self._observed = state
             self.throughput.record(anyio.current_time(), state)
+        self._log_standby(state)
         return True, state
 
     async def _sleep_until_next_poll(self, state: QueueState | None) -> None:
@@ -307,6 +309,30 @@ class Broker:
             # A deposed or stopped engine of this broker: no live leader is known.
             return None
         return state.broker.address
+
+    def leader_epoch(self) -> int | None:
+        """Return the epoch of the leader that ``leader_address`` names, or None."""
+
+        if self.is_leader:
+            return self.epoch
+        if self.leader_address() is None:
+            return None
+        state = self.current_state()
+        return None if state is None else state.broker.epoch
+
+    def _log_standby(self, state: QueueState | None) -> None:
+        """Log at INFO when this standby first reads a state with a live leader, or a new one."""
+
+        if self.is_leader or state is None or lease_expired(state.broker, self._clock()):
+            return
+        if state.broker.address == self.address:
+            return
+        known = (state.broker.address, state.broker.epoch)
+        if known == self._logged_leader:
+            return
+        self._logged_leader = known
+        logger.info("broker %s is a standby; %s leads epoch %s", self.address,
+                    state.broker.address, state.broker.epoch)
 
     def engine_stats(self) -> dict[str, Any] | None:
         engine = self._engine

@@ -53,6 +53,10 @@ async def _stats(broker: Broker, params: wire.EmptyIn) -> Any:
     return operations.stats(broker)
 
 
+async def _purge_dead(broker: Broker, params: wire.PurgeDeadIn) -> Any:
+    return await operations.purge_dead(broker, params)
+
+
 METHODS: dict[str, tuple[type[Any], Method]] = {
     "enqueue": (wire.EnqueueIn, _enqueue),
     "claim": (wire.ClaimIn, _claim),
@@ -60,6 +64,7 @@ METHODS: dict[str, tuple[type[Any], Method]] = {
     "complete": (wire.JobClaimTokenIn, _complete),
     "fail": (wire.JobFailIn, _fail),
     "stats": (wire.EmptyIn, _stats),
+    "purgeDead": (wire.PurgeDeadIn, _purge_dead),
 }
 """Method name -> (parameter struct, handler)."""
 

@@ -3,7 +3,8 @@
 Every body is JSON with camelCase field names, except ``GET /state``, which returns
 ``queue.json`` as stored. Request structs reject unknown fields and wrong types, so a
 decoded request is valid apart from the checks of ``osqueue.spec.queue`` (a job id of the
-reserved form ``job-<n>``, for example). The OpenAPI description is generated from these
+reserved form ``job-<n>``, for example). NOTE: msgspec has no option to reject duplicate
+object keys, so a body with a key given twice is accepted and the last value wins. The OpenAPI description is generated from these
 structs (``osqueue.broker.openapi``), so the two cannot drift apart.
 """
 
@@ -20,6 +21,13 @@ from msgspec import UNSET, Raw, UnsetType
 
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 """Ids, types, worker ids and claim tokens: 1 to 1024 characters."""
+
+JOB_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""Job ids contain no control characters (NUL, newline, DEL...): they appear in logs, URLs
+and tables, where such characters hide or forge text."""
+
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=JOB_ID_PATTERN)]
+"""A job id: 1 to 1024 characters, none of them a control character."""
 
 MaxAttempts = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 
@@ -48,7 +56,7 @@ class JobIn(_Request):
     payload: Raw
     type: NonEmptyText = DEFAULT_JOB_TYPE
     max_attempts: MaxAttempts | UnsetType = UNSET
-    id: NonEmptyText | UnsetType = UNSET
+    id: JobId | UnsetType = UNSET
 
 
 class EnqueueIn(_Request):
@@ -57,7 +65,7 @@ class EnqueueIn(_Request):
     payload: Raw | UnsetType = UNSET
     type: NonEmptyText | UnsetType = UNSET
     max_attempts: MaxAttempts | UnsetType = UNSET
-    id: NonEmptyText | UnsetType = UNSET
+    id: JobId | UnsetType = UNSET
     jobs: Annotated[list[JobIn], msgspec.Meta(min_length=1)] | UnsetType = UNSET
 
 
@@ -85,17 +93,26 @@ class FailIn(_Request):
 class JobClaimTokenIn(_Request):
     """WebSocket ``heartbeat`` and ``complete`` parameters."""
 
-    job_id: NonEmptyText
+    job_id: JobId
     claim_token: NonEmptyText
 
 
 class JobFailIn(_Request):
     """WebSocket ``fail`` parameters."""
 
-    job_id: NonEmptyText
+    job_id: JobId
     claim_token: NonEmptyText
     error: str = ""
     retry_delay_ms: RetryDelayMs = 0
+
+
+class PurgeDeadIn(_Request):
+    """``DELETE /v1/dead``: remove the dead letters of ``jobIds`` (every one when absent)
+    that died before ``diedBefore`` (Unix seconds; any time when absent). The body is
+    optional, and an absent body removes every dead letter."""
+
+    job_ids: Annotated[list[JobId], msgspec.Meta(min_length=1)] | UnsetType = UNSET
+    died_before: Annotated[float, msgspec.Meta(ge=0, le=1e12)] | UnsetType = UNSET
 
 
 class EmptyIn(_Request):
@@ -116,10 +133,16 @@ class WsRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class HealthOut(_Response):
+    """``GET /healthz``. ``epoch`` is the epoch this broker leads (null on a standby);
+    ``leaderEpoch`` and ``leaderAddress`` describe the live leader this broker knows of,
+    itself included, and are null when it knows of none."""
+
     status: Literal["ok"]
     leader: bool
     epoch: int | None
     address: str
+    leader_epoch: int | None
+    leader_address: str | None
 
 
 class EnqueuedOut(_Response):
@@ -193,6 +216,12 @@ class DeadLettersOut(_Response):
     dead: list[DeadLetterOut]
 
 
+class PurgedOut(_Response):
+    """The number of dead letters removed (0 when none matched)."""
+
+    purged: int
+
+
 class CountsOut(_Response):
     """Live jobs by status; ``delayed`` are unclaimed jobs not yet visible."""
 
@@ -234,9 +263,10 @@ class EngineStatsOut(_Response):
 class BrokerOut(_Response):
     """This broker and the leader named by the last state it read.
 
-    ``leaderAddress`` is the URL of the leader named by the last state this broker read,
-    or null when that lease has expired. ``leaseExpiresAt`` is in seconds of the leader's
-    clock (Unix time by default).
+    ``epoch`` is the epoch this broker leads, null on a standby. ``leaderAddress`` and
+    ``leaderEpoch`` name the leader of the last state this broker read (this broker when
+    it leads), or are null when that lease has expired. ``leaseExpiresAt`` is in seconds
+    of the leader's clock (Unix time by default).
     """
 
     address: str
@@ -244,6 +274,7 @@ class BrokerOut(_Response):
     leader: bool
     epoch: int | None
     leader_address: str | None
+    leader_epoch: int | None
     sequence: int | None
     lease_expires_at: float | None
 
@@ -356,9 +387,19 @@ def decode_request(data: bytes, type_: type[Any], source: str) -> Any:
     if not data.strip():
         raise invalid_request(f"{source} is empty; send a JSON object")
     try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise invalid_request(
+            f"{source} is not valid UTF-8 (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); encode the JSON text as UTF-8") from None
+    try:
         return msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as error:
-        raise invalid_request(f"{source} is invalid: {error}") from None
+        # msgspec names the regular expression; say what it means instead.
+        text = str(error).replace(
+            f"Expected `str` matching regex {JOB_ID_PATTERN!r}",
+            "Expected a job id without control characters")
+        raise invalid_request(f"{source} is invalid: {text}") from None
     except msgspec.DecodeError as error:
         raise invalid_request(f"{source} is not valid JSON: {error}") from None
     except RecursionError:
@@ -377,11 +418,22 @@ def check_payload(payload: msgspec.Raw) -> None:
     try:
         msgspec.json.decode(payload)
     except msgspec.DecodeError as error:
-        raise invalid_request(
-            f"payload cannot be decoded: {error}; use numbers within the range of a 64-bit "
-            "float or integer") from None
+        raise invalid_request(f"payload cannot be decoded: {error}; {_hint(error)}") from None
     except RecursionError:
         raise invalid_request("payload is nested too deeply to decode; flatten it") from None
+
+
+def _hint(error: msgspec.DecodeError) -> str:
+    """Return the fix for a payload that passed the syntax check but does not decode."""
+
+    text = str(error)
+    if "out of range" in text:
+        return "use numbers within the range of a 64-bit float or integer, or send them as strings"
+    if "UTF-8" in text:
+        return "encode the JSON text as UTF-8"
+    if "surrogate" in text or "escape" in text:
+        return "use \\uXXXX escapes of valid Unicode characters (no unpaired surrogates)"
+    return "send a JSON value that a standard JSON parser accepts"
 
 
 _encoder = msgspec.json.Encoder()
