@@ -178,6 +178,9 @@ class RunResult:
     duplicates: int = 0
     lost: int = 0
     wall_seconds: float = 0.0
+    started: int = 0
+    """Requests submitted; those neither acknowledged, unknown nor failed were still waiting
+    when the run ended."""
 
     @property
     def throughput(self) -> float:
@@ -222,6 +225,12 @@ class RunResult:
             "reads_per_min": self.stats.reads / self.config.duration * 60,
             "writes_per_min": self.stats.write_attempts / self.config.duration * 60,
             "acknowledged": self.acknowledged,
+            "latency_samples": len(self.latencies),
+            "unfinished": self.started - self.acknowledged - self.unknown - self.failed,
+            "commits": self.stats.commits,
+            "write_attempts": self.stats.write_attempts,
+            "conflicts": self.stats.conflicts,
+            "rate_limited": self.stats.rate_limited,
             "unknown": self.unknown,
             "failed": self.failed,
             "indeterminate": self.stats.indeterminate,
@@ -464,6 +473,7 @@ class _Requests:
         self.acknowledged = 0
         self.unknown = 0
         self.failed = 0
+        self.started = 0
         self.latencies: list[float] = []
         self.enqueued_payloads: list[str] = []
 
@@ -536,6 +546,7 @@ async def _run(config: RunConfig) -> RunResult:
         config=config, acknowledged=requests.acknowledged, unknown=requests.unknown,
         failed=requests.failed, stats=stats, latencies=requests.latencies,
         batch_sizes=batch_sizes, state_bytes=len(data), duplicates=duplicates, lost=lost,
+        started=requests.started,
     )
 
 
@@ -614,6 +625,7 @@ async def _request_loop(config, requests, submit, label, rng) -> None:
             mutation = spec.Complete(*token)
 
         started = trio.current_time()
+        requests.started += 1
         try:
             result = await submit(mutation)
         except (CommitUnknown, CommitIndeterminateError):

@@ -44,12 +44,31 @@ def test_notebook_saved_without_outputs(path: Path) -> None:
             assert cell.execution_count is None, f"{path.name} cell {index} has a count"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda path: path.name)
-def test_notebook_executes(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The kernel inherits the environment: Agg draws without a display and embeds nothing.
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+PARAMETER_OVERRIDES = {
+    # Unsorted lists, a missing default value and no zero fault rate: every conclusion must
+    # pick its figures from the data, not from list positions or fixed values.
+    "cost.ipynb": "RENEW_INTERVALS = [10.0, 2.0]\nTHROTTLES = [120.0, None]\n"
+                  "IDLE_DURATION = 120.0\nBUSY_DURATION = 20.0\n",
+    "contention.ipynb": "WRITERS = [4, 2]\nWRITE_LATENCIES = [0.2, 0.05]\nDURATION = 3.0\n"
+                        "LIMITED_DURATION = 5.0\n",
+    "faults.ipynb": "DROP_PROBABILITIES = [0.1, 0.02]\nDURATION = 5.0\n",
+    "checker.ipynb": "OPERATIONS = [200, 100]\nCLIENTS = [3, 2]\nPARTITION_KEYS = [3, 1]\n"
+                     "PARTITION_OPERATIONS = 200\nREPEAT = 1\n",
+}
+"""Parameter cells that ``test_notebook_with_changed_parameters`` runs after each notebook's own."""
+
+
+def execute_notebook(path: Path, override: str | None = None) -> list[str]:
+    """Execute ``path`` in memory and return the Markdown conclusions it displayed.
+
+    ``override`` is run as a new cell right after the notebook's parameters cell.
+    """
+
     notebook = nbformat.read(path, as_version=4)
+    if override is not None:
+        index = next(index for index, cell in enumerate(notebook.cells)
+                     if cell.cell_type == "code" and "# Parameters" in cell.source)
+        notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(override))
     client = NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT,
@@ -71,7 +90,24 @@ def test_notebook_executes(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for text in conclusions:
         assert text.startswith("**Conclusion:**"), text
         assert not re.search(r"\bnan\b", text), f"{path.name} states an unmeasured figure: {text}"
+    return conclusions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda path: path.name)
+def test_notebook_executes(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel inherits the environment: Agg draws without a display and embeds nothing.
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    execute_notebook(path)
     assert os.environ["MPLBACKEND"] == "Agg"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PARAMETER_OVERRIDES))
+def test_notebook_with_changed_parameters(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    conclusions = execute_notebook(NOTEBOOKS / name, PARAMETER_OVERRIDES[name])
+    assert conclusions
 
 
 def test_run_is_deterministic() -> None:
