@@ -57,8 +57,10 @@ def render(results: dict[str, dict[str, float]]) -> str:
         f"<!-- section: {SECTION} -->",
         "## Backend latency on loopback servers",
         "",
-        f"Command: `.venv/bin/python benchmarks/bench_backends.py` ({rounds} sequential reads "
-        "and CAS writes of one 4 KiB object per backend, servers on 127.0.0.1).",
+        (
+            f"Command: `.venv/bin/python benchmarks/bench_backends.py` ({rounds} sequential "
+            "reads and CAS writes of one 4 KiB object per backend, servers on 127.0.0.1)."
+        ),
         f"Machine: {machine_description()}. Date: {datetime.date.today().isoformat()}.",
         "",
         "| backend | read median (ms) | read p99 (ms) | write median (ms) | write p99 (ms) |",
@@ -80,7 +82,7 @@ def render(results: dict[str, dict[str, float]]) -> str:
 
 def update_doc(section_text: str) -> None:
     text = DOC.read_text()
-    pattern = re.compile(rf"<!-- section: {SECTION} -->.*?(?=<!-- section: |\Z)", re.S)
+    pattern = re.compile(rf"<!-- section: {SECTION} -->.*?(?=<!-- section: |\Z)", re.DOTALL)
     if not pattern.search(text):
         raise SystemExit(f"{DOC} has no '<!-- section: {SECTION} -->' marker; add it first")
     DOC.write_text(pattern.sub(lambda _: section_text + "\n", text, count=1))

@@ -1,15 +1,5 @@
 """osqueue: a job queue whose whole state is one JSON object changed only by compare-and-swap."""
 
-from osqueue.errors import (
-    CASConflictError,
-    ConfigError,
-    ConflictReason,
-    IndeterminateWriteError,
-    OsqueueError,
-    StorageBackendError,
-    is_osqueue_error,
-)
-
 from osqueue.election import ElectionError, LeaseHeldError, NotLeaderError
 from osqueue.engine import (
     CommitFailedError,
@@ -21,6 +11,15 @@ from osqueue.engine import (
     GroupCommitEngine,
     StateMissingError,
     StateTooLargeError,
+)
+from osqueue.errors import (
+    CASConflictError,
+    ConfigError,
+    ConflictReason,
+    IndeterminateWriteError,
+    OsqueueError,
+    StorageBackendError,
+    is_osqueue_error,
 )
 from osqueue.state import QueueState, StateDecodeError, decode_state, encode_state
 

@@ -334,9 +334,14 @@ def _token_restored(
     """True when some write may have stored ``token`` again between ``replacer`` and ``write``."""
 
     for op in [*observed.get(token, ()), *observed.get(None, ())]:
-        if op.may_have_written and op is not replacer and not write.completed_before(op):
-            if not op.completed_before(replacer):
-                return True
+        restored_in_between = (
+            op.may_have_written
+            and op is not replacer
+            and not write.completed_before(op)
+            and not op.completed_before(replacer)
+        )
+        if restored_in_between:
+            return True
     return False
 
 
