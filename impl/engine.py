@@ -260,7 +260,7 @@ class EngineStats:
 
 
 # How long, in units of rate_limit_backoff_base, the writer keeps spacing its writes after
-# the last rate-limit answer.
+# the last rate-limit response.
 _RATE_LIMIT_MEMORY = 10
 
 # Mutations of these exact types weigh 1 and go to the writer as they are.
@@ -886,7 +886,7 @@ class GroupCommitEngine:
         """Space writes apart while the store limits our write rate.
 
         After a 429 or 503, writing again right after each success would be rejected most
-        of the time. So for ``_RATE_LIMIT_MEMORY`` spacings after the last such answer, the
+        of the time. So for ``_RATE_LIMIT_MEMORY`` spacings after the last such response, the
         writer waits (collecting mutations into the coming batch) until one spacing,
         ``min(rate_limit_backoff_base, backoff_max)``, has passed since its last successful
         write.

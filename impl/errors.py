@@ -50,7 +50,7 @@ class ConflictReason(enum.Enum):
 class CASConflictError(OsqueueError):
     """A compare-and-swap did not happen because its precondition did not hold.
 
-    The write was *not* applied. ``reason`` says why; ``key`` names the object.
+    The write was *not* applied. ``reason`` gives the cause and ``key`` names the object.
     """
 
     tag: ClassVar[str] = "CASConflictError"
@@ -114,7 +114,7 @@ def _rebuild_storage_error(
 class IndeterminateWriteError(OsqueueError):
     """A write was sent but its outcome is unknown: it may or may not have been applied.
 
-    Raised for time-outs and reset connections after the request was sent, 5xx answers to a
+    Raised for time-outs and reset connections after the request was sent, 5xx responses to a
     write, and a precondition failure on a retry that the SDK made on its own. The caller
     settles it by reading the object back (for ``queue.json``, by looking for its commit id).
     """

@@ -58,7 +58,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     """The request certainly did not take effect: a 503 on a read, a request rejected before
     it was sent, or S3's 409 ConditionalRequestConflict. A 409 is recorded here and not as
-    ``CONFLICT``, because it says nothing about the key's version."""
+    ``CONFLICT``, because it carries no information about the key's version."""
     INDETERMINATE = "indeterminate"
     """The client never learned the outcome."""
 
@@ -310,7 +310,7 @@ def _check_successful_write(
         if not replacer.completed_before(write):
             continue
         if policy is TokenPolicy.CONTENT_HASH and replacer.token == write.expected:
-            # The replacer stored the same bytes again, so the key still holds the token.
+            # The replacer stored the same bytes again, so the key still has that token.
             continue
         if policy is TokenPolicy.CONTENT_HASH and _token_restored(
             write.expected, replacer, write, observed

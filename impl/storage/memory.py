@@ -36,9 +36,9 @@ class Fault(enum.Enum):
     DROP_RESPONSE = "drop_response"
     """A write is applied but its response is lost: outcome indeterminate."""
     UNAVAILABLE = "unavailable"
-    """The store answers 503 before doing anything: not applied, retryable."""
+    """The store returns 503 before doing anything: not applied, retryable."""
     CONCURRENT_REQUEST = "concurrent_request"
-    """A write is answered like S3's 409 ConditionalRequestConflict: not applied."""
+    """A write is rejected like S3's 409 ConditionalRequestConflict: not applied."""
 
 
 _WRITE_ONLY_FAULTS = (Fault.DROP_REQUEST, Fault.DROP_RESPONSE, Fault.CONCURRENT_REQUEST)
