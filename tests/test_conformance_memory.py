@@ -515,31 +515,51 @@ def test_default_burst_writers_three() -> None:
     assert ConcurrencyConfig().burst_writers == 3
 
 
-class _InterruptingClock:
-    """A clock that raises KeyboardInterrupt on its ``limit``-th call, like Ctrl-C."""
+class _StoreCountingBackend(MemoryBackend):
+    """A MemoryBackend that counts the objects it stored."""
 
-    def __init__(self, limit: int) -> None:
-        self.calls = 0
-        self.limit = limit
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored = 0
+
+    async def write(self, key, data, expected):
+        version = await super().write(key, data, expected)
+        self.stored += 1
+        return version
+
+    async def create_if_not_exists(self, key, data):
+        version = await super().create_if_not_exists(key, data)
+        self.stored += 1
+        return version
+
+
+class _InterruptingClock:
+    """A clock that raises KeyboardInterrupt, like Ctrl-C, once the run has stored an object.
+
+    It waits for a stored object because a short Hypothesis run may, by chance, only read
+    and hit conflicts, and then there is nothing to clean up.
+    """
+
+    def __init__(self, backend: _StoreCountingBackend) -> None:
+        self.backend = backend
 
     def __call__(self) -> float:
-        self.calls += 1
-        if self.calls == self.limit:
+        if self.backend.stored:
             raise KeyboardInterrupt
-        return float(self.calls)
+        return 0.0
 
 
 def test_interrupt_cleans_up_and_notes_it() -> None:
-    backend = MemoryBackend()
+    backend = _StoreCountingBackend()
 
     with pytest.raises(KeyboardInterrupt) as raised:
-        # Call 1 starts the run, 2 and 3 time the first guarantee; 4 interrupts after it.
         run_conformance(
-            _shared(backend), examples=3, concurrency=None, token_policy="unique",
-            clock=_InterruptingClock(4),
+            _shared(backend), examples=10, concurrency=None, token_policy="unique",
+            clock=_InterruptingClock(backend),
         )
 
     notes = raised.value.__notes__
+    assert backend.stored > 0
     assert len(notes) == 1
     assert notes[0].startswith("Deleted the ")
     assert backend.keys() == []
